@@ -1,0 +1,54 @@
+"""fdm-core: the f-DM multi-stage diffusion process (Gu et al., ICLR 2023). See DESIGN.md §2."""
+
+from .checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_state,
+    load_tensors,
+    save_state,
+    save_tensors,
+)
+from .config import ComponentSpec, ProcessConfig, SamplerConfig
+from .hookspecs import hookimpl
+from .loss import LossOutput, diffusion_loss, stratified_times
+from .noise import StageNoise
+from .process import FDMProcess, StageBatch
+from .registry import PluginError, Registry, get_registry, load_registry, reset_registry
+from .sampler import SampleOutput, Start, ddim_step, sample, steps_per_stage
+from .schedules import NoiseSchedule, StageSchedule
+from .transform import Boundary, SignalTransform, TransformParams
+
+__all__ = [
+    "Boundary",
+    "CheckpointError",
+    "ComponentSpec",
+    "FDMProcess",
+    "LossOutput",
+    "NoiseSchedule",
+    "PluginError",
+    "ProcessConfig",
+    "Registry",
+    "SampleOutput",
+    "SamplerConfig",
+    "SignalTransform",
+    "StageBatch",
+    "StageNoise",
+    "StageSchedule",
+    "Start",
+    "TransformParams",
+    "atomic_write",
+    "ddim_step",
+    "diffusion_loss",
+    "get_registry",
+    "hookimpl",
+    "load_registry",
+    "load_state",
+    "load_tensors",
+    "reset_registry",
+    "sample",
+    "save_state",
+    "save_tensors",
+    "steps_per_stage",
+    "stratified_times",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,190 @@
+"""The f-DM forward process: stage signals, interpolated means, rescaled log-SNR, boundary steps.
+
+Implements DESIGN.md §2. Stage k (0..K) owns t in [tau_k, tau_{k+1}); its signal x^k has shape
+`stage_shapes[k]`. Inside stage k < K the mean is the interpolation
+
+    x_t = (1 - delta_t) x^k + delta_t g(f(x^k)) = M_t x^k,   delta_t = (t - tau_k) / (tau_{k+1} - tau_k)
+
+(delta_t = 0 with interpolation off, and always in stage K), and z_t = alpha_t x_t + sigma_t eps
+with the resolution-aware log-SNR lambda_k(t) = lambda(t) + gamma log(d_0 / d_k).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import ProcessConfig, resolve_components
+from .registry import Registry, get_registry
+from .transform import Boundary, SignalTransform
+
+
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a (B,) tensor over the trailing dims of `like`."""
+    return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass
+class StageBatch:
+    """The part of a training batch that falls in one stage (every tensor has B_k rows)."""
+
+    stage: int
+    index: torch.Tensor  # positions in the full batch
+    t: torch.Tensor
+    x_stage: torch.Tensor  # x^k
+    z: torch.Tensor  # z_t = alpha_t M_t x^k + sigma_t eps
+    eps: torch.Tensor
+    target: torch.Tensor  # what the network is trained to output (see FDMProcess.target)
+
+
+class FDMProcess:
+    """A configured f-DM process. Build it from a `ProcessConfig`; it holds no learned state."""
+
+    def __init__(self, config: ProcessConfig, registry: Registry | None = None) -> None:
+        self.config = config
+        components = resolve_components(config, registry or get_registry())
+        self.transforms: list[SignalTransform] = components[0]
+        self.noise_schedule, self.stage_schedule = components[1], components[2]
+        self.stage_shapes: list[tuple[int, ...]] = components[3]
+        self.num_stages = len(self.transforms) + 1
+        self.boundaries: list[float] = [0.0, *self.stage_schedule.boundaries(self.num_stages), 1.0]
+        dims = [math.prod(s) for s in self.stage_shapes]
+        self.logsnr_offsets = [config.gamma * math.log(dims[0] / d) for d in dims]
+
+    # -- time and noise levels --------------------------------------------------------------
+    def stage_of(self, t: torch.Tensor) -> torch.Tensor:
+        """Stage index k with tau_k <= t < tau_{k+1} (t = 1 belongs to stage K)."""
+        inner = torch.tensor(self.boundaries[1:-1], dtype=t.dtype, device=t.device)
+        return torch.bucketize(t, inner, right=True)
+
+    def stage_length(self, k: int) -> float:
+        return self.boundaries[k + 1] - self.boundaries[k]
+
+    def delta(self, t: torch.Tensor, k: int) -> torch.Tensor:
+        """Interpolation weight delta_t in [0, 1] inside stage k; 0 in stage K or with it off."""
+        if k == self.num_stages - 1 or not self.config.interpolation:
+            return torch.zeros_like(t)
+        return ((t - self.boundaries[k]) / self.stage_length(k)).clamp(0.0, 1.0)
+
+    def logsnr(self, t: torch.Tensor, k: int) -> torch.Tensor:
+        """lambda_k(t) = lambda(t) + gamma log(d_0 / d_k)."""
+        return self.noise_schedule.logsnr(t) + self.logsnr_offsets[k]
+
+    def alpha_sigma(self, t: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Variance-preserving alpha_t, sigma_t of stage k (computed in float64)."""
+        lam = self.logsnr(t.double(), k)
+        return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+
+    # -- signals --------------------------------------------------------------------------------
+    def stage_signal(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """x^k = f_k(...f_1(x)) for data x."""
+        for transform in self.transforms[:k]:
+            x = transform.encode(x)
+        return x
+
+    def to_data_space(self, xk: torch.Tensor, k: int) -> torch.Tensor:
+        """g_1(...g_k(x^k)): a stage-k signal shown in data space (e.g. for a stage strip)."""
+        for transform in reversed(self.transforms[:k]):
+            xk = transform.decode(xk)
+        return xk
+
+    def mean(self, xk: torch.Tensor, t: torch.Tensor, k: int) -> torch.Tensor:
+        """M_t x^k = x^k + delta_t (g(f(x^k)) - x^k)."""
+        delta = self.delta(t, k)
+        if not bool((delta > 0).any()):
+            return xk
+        transform = self.transforms[k]
+        return xk + _per_sample(delta, xk) * (transform.decode(transform.encode(xk)) - xk)
+
+    def q_sample(self, x_stage: torch.Tensor, t: torch.Tensor, k: int,
+                 eps: torch.Tensor) -> torch.Tensor:
+        """z_t = alpha_t M_t x^k + sigma_t eps for stage-k signals."""
+        alpha, sigma = self.alpha_sigma(t, k)
+        return _per_sample(alpha, x_stage) * self.mean(x_stage, t, k) + _per_sample(sigma, eps) * eps
+
+    # -- parameterization -------------------------------------------------------------------------
+    def target(self, x_stage: torch.Tensor, z: torch.Tensor, eps: torch.Tensor,
+               t: torch.Tensor, k: int) -> torch.Tensor:
+        """Training target of the network output F (DESIGN.md §2, "Network and target").
+
+        v: (alpha_t z_t - x^k) / sigma_t (v-prediction against the stage-start signal);
+        x0: x^k; eps: eps.
+        """
+        kind = self.config.parameterization
+        if kind == "x0":
+            return x_stage
+        if kind == "eps":
+            return eps
+        alpha, sigma = self.alpha_sigma(t, k)
+        return (_per_sample(alpha, z) * z - x_stage) / _per_sample(sigma, z)
+
+    def predict_clean(self, output: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
+                      k: int) -> torch.Tensor:
+        """xhat^k from the network output F: the inverse of `target`."""
+        kind = self.config.parameterization
+        if kind == "x0":
+            return output
+        alpha, sigma = self.alpha_sigma(t, k)
+        a, s = _per_sample(alpha, z), _per_sample(sigma, z)
+        if kind == "eps":
+            return (z - s * output) / a
+        return a * z - s * output
+
+    def split_by_stage(self, x: torch.Tensor, t: torch.Tensor,
+                       generator: torch.Generator | None = None) -> list[StageBatch]:
+        """Noise a batch whose times span several stages: one `StageBatch` per stage present,
+        each at its own shape. Only stage k's rows are transformed to x^k."""
+        stages = self.stage_of(t)
+        groups = []
+        for k in range(self.num_stages):
+            index = torch.nonzero(stages == k).flatten()
+            if index.numel() == 0:
+                continue
+            x_stage = self.stage_signal(x[index], k)
+            eps = torch.randn(x_stage.shape, generator=generator, device=x.device, dtype=x.dtype)
+            tk = t[index]
+            z = self.q_sample(x_stage, tk, k, eps)
+            target = self.target(x_stage, z, eps, tk, k)
+            groups.append(StageBatch(k, index, tk, x_stage, z, eps, target))
+        return groups
+
+    # -- stage boundaries --------------------------------------------------------------------
+    def boundary_scale(self, k: int) -> float:
+        """c_k = alpha_k(tau) / alpha_{k+1}(tau) at tau = tau_{k+1} (boundary between k and k+1)."""
+        tau = torch.tensor([self.boundaries[k + 1]], dtype=torch.float64)
+        return float(self.alpha_sigma(tau, k)[0] / self.alpha_sigma(tau, k + 1)[0])
+
+    def down_step(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """Forward crossing at tau_{k+1}: z^(k+1) = f(z^(k)) / c_k."""
+        return self.transforms[k].encode(z) / self.boundary_scale(k)
+
+    def up_step(self, z_next: torch.Tensor, k: int, xi: torch.Tensor,
+                clean_next: torch.Tensor | None = None) -> torch.Tensor:
+        """Reverse crossing at tau = tau_{k+1}, from stage k+1 to stage k (DESIGN.md §2).
+
+        projection: z^(k) = c_k g(z^(k+1)) + sigma_k (I - P) xi, the exact conditional;
+        identity:   z^(k) = c_k z^(k+1) (c_k = 1 when the dimension does not change);
+        renoise:    z^(k) = alpha_k g(xhat^{k+1}) + sigma_k xi (needs `clean_next`).
+        `xi` is standard normal noise of stage-k shape.
+        """
+        transform = self.transforms[k]
+        tau = torch.tensor([self.boundaries[k + 1]], dtype=torch.float64)
+        alpha, sigma = (float(v) for v in self.alpha_sigma(tau, k))
+        if transform.boundary == Boundary.PROJECTION:
+            orthogonal = xi - transform.decode(transform.encode(xi))
+            return self.boundary_scale(k) * transform.decode(z_next) + sigma * orthogonal
+        if transform.boundary == Boundary.IDENTITY:
+            return self.boundary_scale(k) * transform.decode(z_next)
+        if clean_next is None:
+            raise ValueError("a renoise boundary needs the clean prediction of the next stage")
+        return alpha * transform.decode(clean_next) + sigma * xi
+
+    # -- training -----------------------------------------------------------------------------
+    def loss(self, model, x: torch.Tensor, t: torch.Tensor | None = None,
+             generator: torch.Generator | None = None):
+        """The training loss over a data batch x; see `fdm_core.loss.diffusion_loss`."""
+        from .loss import diffusion_loss
+
+        return diffusion_loss(self, model, x, t, generator)

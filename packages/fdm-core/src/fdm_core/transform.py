@@ -1,0 +1,80 @@
+"""The `SignalTransform` interface: one deterministic step f_{k+1} of the f-DM chain (DESIGN.md §2, §4).
+
+A transform maps a stage-k signal x^k to the stage-(k+1) signal x^{k+1} = f(x^k) (`encode`) and
+back, g: stage k+1 -> stage k (`decode`). Its `boundary` kind tells the process how to cross the
+stage boundary when sampling:
+
+- ``projection``: f(g(y)) = y, P = g(f(.)) is an orthogonal projection and f maps white noise to
+  white noise of variance d_{k+1}/d_k (mean pooling). Exact up-step with (I - P) noise.
+- ``identity``: same space, g is the identity (blur). The up-step is the identity.
+- ``renoise``: anything else (learned encoders). The up-step decodes the clean prediction and
+  noises it afresh.
+
+Parameters of concrete transforms are validated by pydantic: subclass `TransformParams` and set
+`Params` on the transform class; `to_config()` then round-trips through the registry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from enum import Enum
+from math import prod
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+Shape = tuple[int, ...]
+
+
+class Boundary(str, Enum):
+    """How the sampler crosses the boundary after a transform (DESIGN.md §2, "Boundary kinds")."""
+
+    PROJECTION = "projection"
+    IDENTITY = "identity"
+    RENOISE = "renoise"
+
+
+class TransformParams(BaseModel):
+    """Base class of a transform's validated parameters (unknown keys are rejected)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SignalTransform(ABC):
+    """One step f of the progressive signal transformation, with its map back g.
+
+    Shapes are per-sample ``(C, H, W)`` tuples; `encode` and `decode` act on batches ``(B, C, H, W)``
+    and must treat batch items independently, preserve dtype and device, and be differentiable.
+    """
+
+    name: ClassVar[str]
+    boundary: ClassVar[Boundary]
+    Params: ClassVar[type[TransformParams]] = TransformParams
+
+    def __init__(self, **params: Any) -> None:
+        self.params = self.Params(**params)
+
+    @abstractmethod
+    def out_shape(self, shape: Shape) -> Shape:
+        """Shape of f(x) for an input of per-sample shape `shape`; raise ValueError if f cannot take it."""
+
+    @abstractmethod
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """f: stage k -> stage k+1."""
+
+    @abstractmethod
+    def decode(self, y: torch.Tensor) -> torch.Tensor:
+        """g: stage k+1 -> stage k."""
+
+    def dim_ratio(self, shape: Shape) -> float:
+        """d_{k+1} / d_k for an input of shape `shape`."""
+        return prod(self.out_shape(shape)) / prod(shape)
+
+    def to_config(self) -> dict[str, Any]:
+        """The registry spec that rebuilds this transform: ``{"name": ..., **params}``."""
+        return {"name": self.name, **self.params.model_dump(mode="json")}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+        return f"{type(self).__name__}({args})"

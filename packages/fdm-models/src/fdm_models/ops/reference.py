@@ -1,0 +1,36 @@
+"""Torch reference implementations of the blur and resampling ops.
+
+These define the semantics the Triton kernels must match exactly: separable blur with a 1-D
+kernel of odd length and reflect padding, mean down-sampling by an integer factor, nearest and
+bilinear (align_corners=False) up-sampling by an integer factor. Inputs are (B, C, H, W).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def blur_separable(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Convolve every channel with `kernel` (1-D, odd length) along H then W, reflect padding."""
+    channels = x.shape[1]
+    radius = kernel.numel() // 2
+    k = kernel.to(dtype=x.dtype, device=x.device)
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return F.conv2d(x, k.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+
+
+def downsample_mean(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Mean over non-overlapping factor x factor blocks (H and W must be divisible by factor)."""
+    return F.avg_pool2d(x, factor)
+
+
+def upsample_nearest(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Repeat every pixel into a factor x factor block."""
+    return x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def upsample_bilinear(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Bilinear up-sampling by an integer factor, align_corners=False (half-pixel centres)."""
+    return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)

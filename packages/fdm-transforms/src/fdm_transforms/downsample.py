@@ -1,0 +1,39 @@
+"""Down-sampling by an integer factor (DESIGN.md §2, boundary ``projection``).
+
+f is mean pooling over factor x factor blocks and g nearest up-sampling, so f(g(y)) = y and
+P = g f is the orthogonal projection onto block-constant images; f maps white noise to white
+noise of variance 1 / factor^2 = d_{k+1} / d_k.
+"""
+
+from __future__ import annotations
+
+import torch
+from fdm_core import Boundary, SignalTransform, TransformParams
+from fdm_core.transform import Shape
+from fdm_models.ops import downsample_mean, upsample_nearest
+from pydantic import Field
+
+
+class DownsampleParams(TransformParams):
+    factor: int = Field(2, ge=2, description="integer down-sampling factor per side")
+
+
+class DownsampleTransform(SignalTransform):
+    name = "downsample"
+    boundary = Boundary.PROJECTION
+    Params = DownsampleParams
+
+    def out_shape(self, shape: Shape) -> Shape:
+        channels, height, width = shape
+        factor = self.params.factor
+        if height % factor or width % factor:
+            raise ValueError(
+                f"downsample factor {factor} must divide the stage size {height}x{width}"
+            )
+        return (channels, height // factor, width // factor)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return downsample_mean(x, self.params.factor)
+
+    def decode(self, y: torch.Tensor) -> torch.Tensor:
+        return upsample_nearest(y, self.params.factor)

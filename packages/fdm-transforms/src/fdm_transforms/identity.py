@@ -1,0 +1,22 @@
+"""The identity transform: f = g = I, boundary ``identity``. With it a chain adds a stage that
+only changes the stage embedding (useful as a control and in tests)."""
+
+from __future__ import annotations
+
+import torch
+from fdm_core import Boundary, SignalTransform
+from fdm_core.transform import Shape
+
+
+class IdentityTransform(SignalTransform):
+    name = "identity"
+    boundary = Boundary.IDENTITY
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return tuple(shape)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, y: torch.Tensor) -> torch.Tensor:
+        return y

@@ -1,0 +1,17 @@
+"""fdm-transforms' plugin module: registers the built-in transforms through the same ``fdm``
+entry point and hook a third-party package uses (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from fdm_core import hookimpl
+from fdm_core.hookspecs import Register
+
+from .blur import BlurTransform
+from .downsample import DownsampleTransform
+from .identity import IdentityTransform
+
+
+@hookimpl
+def fdm_register_transforms(register: Register) -> None:
+    for transform in (IdentityTransform, DownsampleTransform, BlurTransform):
+        register(transform.name, transform)
