@@ -11,7 +11,12 @@ import nox
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = False
 
-PACKAGES = ["packages/fdm-core", "packages/fdm-models", "packages/fdm-transforms", "packages/fdm-cli"]
+PACKAGES = [
+    "packages/fdm-core",
+    "packages/fdm-models",
+    "packages/fdm-transforms",
+    "packages/fdm-cli",
+]
 CONSTRAINTS = ("-c", "constraints.txt")
 
 

@@ -50,9 +50,12 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
         raise
 
 
-def save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
-                 config: dict[str, Any] | None = None,
-                 metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | os.PathLike[str],
+    tensors: dict[str, torch.Tensor],
+    config: dict[str, Any] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Write `tensors` to a safetensors file with `config` as JSON in its metadata, atomically."""
     meta = dict(metadata or {})
     if config is not None:
@@ -71,7 +74,9 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[s
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable safetensors file: {exc}"
+        ) from None
     return tensors, meta
 
 
@@ -113,8 +118,9 @@ def _unflatten(node: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
     return node["value"]
 
 
-def save_state(path: str | os.PathLike[str], state: dict[str, Any],
-               config: dict[str, Any] | None = None) -> None:
+def save_state(
+    path: str | os.PathLike[str], state: dict[str, Any], config: dict[str, Any] | None = None
+) -> None:
     """Save a nested state (tensors and JSON leaves) as one safetensors file, atomically."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "state", tensors)
@@ -125,5 +131,7 @@ def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
     """Inverse of `save_state`: (state, config or None)."""
     tensors, meta = _read(path)
     if STATE_KEY not in meta:
-        raise CheckpointError(f"{path} holds tensors but no fdm state (was it written by save_state?)")
+        raise CheckpointError(
+            f"{path} holds tensors but no fdm state (was it written by save_state?)"
+        )
     return _unflatten(json.loads(meta[STATE_KEY]), tensors), _config(meta)

@@ -47,7 +47,9 @@ class ProcessConfig(BaseModel):
     gamma: float = Field(
         1.0, ge=0.0, le=1.0, description="resolution-aware rescaling; 1: f-DM, 0: ablation"
     )
-    interpolation: bool = Field(True, description="interpolate the mean inside a stage (ablation: off)")
+    interpolation: bool = Field(
+        True, description="interpolate the mean inside a stage (ablation: off)"
+    )
     parameterization: Literal["v", "x0", "eps"] = Field(
         "v", description="network output: v against the stage-start signal, x0, or eps"
     )
@@ -123,7 +125,7 @@ def _one_line(exc: Exception) -> str:
 
 
 class SamplerConfig(BaseModel):
-    """The DDIM-family sampler (DESIGN.md §2, "Sampler"): eta = 0 is DDIM, eta = 1 ancestral DDPM."""
+    """The DDIM-family sampler (DESIGN.md §2, "Sampler"): eta 0 is DDIM, 1 ancestral DDPM."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -34,14 +34,20 @@ def stage_counts(process: FDMProcess, batch: int) -> list[int]:
     spare = batch - base * process.num_stages
     shares = [spare * length for length in lengths]
     counts = [base + int(s) for s in shares]
-    by_remainder = sorted(range(len(shares)), key=lambda k: shares[k] - int(shares[k]), reverse=True)
+    by_remainder = sorted(
+        range(len(shares)), key=lambda k: shares[k] - int(shares[k]), reverse=True
+    )
     for k in by_remainder[: batch - sum(counts)]:
         counts[k] += 1
     return counts
 
 
-def stratified_times(process: FDMProcess, batch: int, generator: torch.Generator | None = None,
-                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_times(
+    process: FDMProcess,
+    batch: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified t (B,) and importance weights (B,) that make the estimate unbiased."""
     counts = stage_counts(process, batch)
     if batch < process.num_stages:  # too few samples to cover every stage: plain stratification
@@ -72,9 +78,13 @@ def loss_weight(process: FDMProcess, t: torch.Tensor, k: int) -> torch.Tensor:
     return snr.clamp(min=1.0)
 
 
-def diffusion_loss(process: FDMProcess, model: Denoiser, x: torch.Tensor,
-                   t: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> LossOutput:
+def diffusion_loss(
+    process: FDMProcess,
+    model: Denoiser,
+    x: torch.Tensor,
+    t: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> LossOutput:
     """Mean weighted squared error of F(z_t, t, k) against the target, over a batch of data x."""
     batch = x.shape[0]
     if t is None:

@@ -51,9 +51,14 @@ class StageNoise:
     def reset(self) -> None:
         self._draws.clear()
 
-    def draw(self, stage: int, shape: tuple[int, ...], device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The next standard-normal tensor of per-sample `shape` from each sample's `stage` stream."""
+    def draw(
+        self,
+        stage: int,
+        shape: tuple[int, ...],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """The next standard-normal draw of per-sample `shape` from each sample's `stage` stream."""
         draw = self._draws.get(stage, 0)
         self._draws[stage] = draw + 1
         seeds = self.seeds.to(device)

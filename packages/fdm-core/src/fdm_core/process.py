@@ -3,7 +3,8 @@
 Implements DESIGN.md §2. Stage k (0..K) owns t in [tau_k, tau_{k+1}); its signal x^k has shape
 `stage_shapes[k]`. Inside stage k < K the mean is the interpolation
 
-    x_t = (1 - delta_t) x^k + delta_t g(f(x^k)) = M_t x^k,   delta_t = (t - tau_k) / (tau_{k+1} - tau_k)
+    x_t = (1 - delta_t) x^k + delta_t g(f(x^k)) = M_t x^k,
+    delta_t = (t - tau_k) / (tau_{k+1} - tau_k)
 
 (delta_t = 0 with interpolation off, and always in stage K), and z_t = alpha_t x_t + sigma_t eps
 with the resolution-aware log-SNR lambda_k(t) = lambda(t) + gamma log(d_0 / d_k).
@@ -98,15 +99,19 @@ class FDMProcess:
         transform = self.transforms[k]
         return xk + _per_sample(delta, xk) * (transform.decode(transform.encode(xk)) - xk)
 
-    def q_sample(self, x_stage: torch.Tensor, t: torch.Tensor, k: int,
-                 eps: torch.Tensor) -> torch.Tensor:
+    def q_sample(
+        self, x_stage: torch.Tensor, t: torch.Tensor, k: int, eps: torch.Tensor
+    ) -> torch.Tensor:
         """z_t = alpha_t M_t x^k + sigma_t eps for stage-k signals."""
         alpha, sigma = self.alpha_sigma(t, k)
-        return _per_sample(alpha, x_stage) * self.mean(x_stage, t, k) + _per_sample(sigma, eps) * eps
+        return (
+            _per_sample(alpha, x_stage) * self.mean(x_stage, t, k) + _per_sample(sigma, eps) * eps
+        )
 
     # -- parameterization -------------------------------------------------------------------------
-    def target(self, x_stage: torch.Tensor, z: torch.Tensor, eps: torch.Tensor,
-               t: torch.Tensor, k: int) -> torch.Tensor:
+    def target(
+        self, x_stage: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, k: int
+    ) -> torch.Tensor:
         """Training target of the network output F (DESIGN.md §2, "Network and target").
 
         v: (alpha_t z_t - x^k) / sigma_t (v-prediction against the stage-start signal);
@@ -120,8 +125,9 @@ class FDMProcess:
         alpha, sigma = self.alpha_sigma(t, k)
         return (_per_sample(alpha, z) * z - x_stage) / _per_sample(sigma, z)
 
-    def predict_clean(self, output: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
-                      k: int) -> torch.Tensor:
+    def predict_clean(
+        self, output: torch.Tensor, z: torch.Tensor, t: torch.Tensor, k: int
+    ) -> torch.Tensor:
         """xhat^k from the network output F: the inverse of `target`."""
         kind = self.config.parameterization
         if kind == "x0":
@@ -132,8 +138,9 @@ class FDMProcess:
             return (z - s * output) / a
         return a * z - s * output
 
-    def split_by_stage(self, x: torch.Tensor, t: torch.Tensor,
-                       generator: torch.Generator | None = None) -> list[StageBatch]:
+    def split_by_stage(
+        self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+    ) -> list[StageBatch]:
         """Noise a batch whose times span several stages: one `StageBatch` per stage present,
         each at its own shape. Only stage k's rows are transformed to x^k."""
         stages = self.stage_of(t)
@@ -160,8 +167,9 @@ class FDMProcess:
         """Forward crossing at tau_{k+1}: z^(k+1) = f(z^(k)) / c_k."""
         return self.transforms[k].encode(z) / self.boundary_scale(k)
 
-    def up_step(self, z_next: torch.Tensor, k: int, xi: torch.Tensor,
-                clean_next: torch.Tensor | None = None) -> torch.Tensor:
+    def up_step(
+        self, z_next: torch.Tensor, k: int, xi: torch.Tensor, clean_next: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Reverse crossing at tau = tau_{k+1}, from stage k+1 to stage k (DESIGN.md §2).
 
         projection: z^(k) = c_k g(z^(k+1)) + sigma_k (I - P) xi, the exact conditional;
@@ -182,8 +190,13 @@ class FDMProcess:
         return alpha * transform.decode(clean_next) + sigma * xi
 
     # -- training -----------------------------------------------------------------------------
-    def loss(self, model, x: torch.Tensor, t: torch.Tensor | None = None,
-             generator: torch.Generator | None = None):
+    def loss(
+        self,
+        model,
+        x: torch.Tensor,
+        t: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ):
         """The training loss over a data batch x; see `fdm_core.loss.diffusion_loss`."""
         from .loss import diffusion_loss
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -57,9 +58,13 @@ class Registry:
 
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
     errors: list[LoadError] = field(default_factory=list)
-    plugins: list[tuple[str, str, str]] = field(default_factory=list)  # (entry point, dist, version)
+    plugins: list[tuple[str, str, str]] = field(
+        default_factory=list
+    )  # (entry point, dist, version)
 
-    def add(self, kind: str, name: str, factory: Callable[..., Any], dist: str, version: str) -> None:
+    def add(
+        self, kind: str, name: str, factory: Callable[..., Any], dist: str, version: str
+    ) -> None:
         table = self.entries[kind]
         if name in table:
             other = table[name].distribution
@@ -86,7 +91,7 @@ class Registry:
         return self.get(kind, name).factory(**params)
 
     def register_plugin(self, plugin: object, distribution: str, version: str = "0") -> None:
-        """Run one plugin object's hooks into this registry (entry-point discovery uses this too)."""
+        """Run one plugin object's hooks into this registry (entry-point discovery uses it too)."""
         pm = _plugin_manager()
         pm.register(plugin, name=f"{distribution}:{id(plugin)}")
         for kind, hook_name in KINDS.items():

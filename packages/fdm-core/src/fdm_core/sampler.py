@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
@@ -38,11 +39,12 @@ class Start:
 @dataclass
 class SampleOutput:
     x: torch.Tensor  # the final clean prediction xhat^0, in data space
+    z: torch.Tensor  # the final noisy state z_0 (stage 0, t = 0)
     stage_predictions: list[torch.Tensor]  # xhat^k at the end of each stage k (stage-k shape)
 
 
 def steps_per_stage(process: FDMProcess, config: SamplerConfig) -> list[int]:
-    """Steps for stages 0..K: explicit, or `config.steps` split by stage length (at least 1 each)."""
+    """Steps for stages 0..K: explicit, or `config.steps` split by stage length (>= 1 each)."""
     if config.steps_per_stage is not None:
         if len(config.steps_per_stage) != process.num_stages:
             raise ValueError(
@@ -67,8 +69,16 @@ def stage_grid(process: FDMProcess, k: int, start: float, steps: int) -> list[fl
     return [start - (start - lo) * i / n for i in range(n + 1)] if n else [start]
 
 
-def ddim_step(process: FDMProcess, z: torch.Tensor, clean: torch.Tensor, t: float, s: float,
-              k: int, eta: float, xi: torch.Tensor | None) -> torch.Tensor:
+def ddim_step(
+    process: FDMProcess,
+    z: torch.Tensor,
+    clean: torch.Tensor,
+    t: float,
+    s: float,
+    k: int,
+    eta: float,
+    xi: torch.Tensor | None,
+) -> torch.Tensor:
     """One step t -> s (s < t) inside stage k from the clean prediction xhat^k."""
     tt = torch.full((z.shape[0],), t, dtype=torch.float64, device=z.device)
     ss = torch.full_like(tt, s)
@@ -85,9 +95,15 @@ def ddim_step(process: FDMProcess, z: torch.Tensor, clean: torch.Tensor, t: floa
 
 
 @torch.no_grad()
-def sample(process: FDMProcess, model: Denoiser, config: SamplerConfig, noise: StageNoise,
-           start: Start | None = None, device: torch.device | str = "cpu",
-           on_step: Callable[[int, int], None] | None = None) -> SampleOutput:
+def sample(
+    process: FDMProcess,
+    model: Denoiser,
+    config: SamplerConfig,
+    noise: StageNoise,
+    start: Start | None = None,
+    device: torch.device | str = "cpu",
+    on_step: Callable[[int, int], None] | None = None,
+) -> SampleOutput:
     """Generate len(noise) samples, or condition on `start`.
 
     `on_step(done, total)` is called after every network evaluation.
@@ -115,14 +131,16 @@ def sample(process: FDMProcess, model: Denoiser, config: SamplerConfig, noise: S
             )
         tt = torch.full((batch,), t0, dtype=torch.float64, device=device)
         alpha, sigma = process.alpha_sigma(tt, k)
-        z = _per_sample(alpha, clean) * process.mean(clean, tt, k) + _per_sample(sigma, clean) * draw(k)
+        z = _per_sample(alpha, clean) * process.mean(clean, tt, k) + _per_sample(
+            sigma, clean
+        ) * draw(k)
     grids = {j: stage_grid(process, j, process.boundaries[j + 1], counts[j]) for j in range(k)}
     grids[k] = stage_grid(process, k, t0, counts[k])
     total, done = sum(len(g) - 1 for g in grids.values()), 0
     predictions: list[torch.Tensor | None] = [None] * process.num_stages
     while True:
         grid = grids[k]
-        for t, s in zip(grid[:-1], grid[1:]):
+        for t, s in pairwise(grid):
             tt = torch.full((batch,), t, dtype=torch.float32, device=device)
             clean = process.predict_clean(model(z, tt, k).float(), z, tt, k)
             if config.clip is not None:
@@ -137,4 +155,4 @@ def sample(process: FDMProcess, model: Denoiser, config: SamplerConfig, noise: S
             break
         z = process.up_step(z, k - 1, draw(k - 1), clean)
         k -= 1
-    return SampleOutput(clean, [p for p in predictions if p is not None])
+    return SampleOutput(clean, z, [p for p in predictions if p is not None])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from itertools import pairwise
 from typing import Any, ClassVar
 
 import torch
@@ -71,7 +72,8 @@ class CosineSchedule(NoiseSchedule):
 
 class ShiftedCosineParams(CosineParams):
     shift: float = Field(
-        2.0 * math.log(0.5), description="log-SNR shift; 2 log(base/resolution) as in simple diffusion"
+        2.0 * math.log(0.5),
+        description="log-SNR shift; 2 log(base/resolution) as in simple diffusion",
     )
 
 
@@ -101,7 +103,9 @@ class LinearBetaSchedule(NoiseSchedule):
     def logsnr(self, t: torch.Tensor) -> torch.Tensor:
         p = self.params
         td = t.double()
-        integral = p.num_train_steps * (p.beta_start * td + 0.5 * (p.beta_end - p.beta_start) * td**2)
+        integral = p.num_train_steps * (
+            p.beta_start * td + 0.5 * (p.beta_end - p.beta_start) * td**2
+        )
         integral = integral.clamp_min(1e-12)
         return (-torch.log(torch.expm1(integral))).to(t.dtype)
 
@@ -140,7 +144,7 @@ class ExplicitParams(ScheduleParams):
         b = self.boundaries
         if any(not 0.0 < tau < 1.0 for tau in b):
             raise ValueError(f"boundaries must lie strictly inside (0, 1), got {b}")
-        if any(lo >= hi for lo, hi in zip(b, b[1:])):
+        if any(lo >= hi for lo, hi in pairwise(b)):
             raise ValueError(f"boundaries must be strictly increasing, got {b}")
         return self
 

@@ -1,4 +1,6 @@
-"""The `SignalTransform` interface: one deterministic step f_{k+1} of the f-DM chain (DESIGN.md §2, §4).
+"""The `SignalTransform` interface: one deterministic step f_{k+1} of the f-DM chain.
+
+See DESIGN.md §2 and §4.
 
 A transform maps a stage-k signal x^k to the stage-(k+1) signal x^{k+1} = f(x^k) (`encode`) and
 back, g: stage k+1 -> stage k (`decode`). Its `boundary` kind tells the process how to cross the
@@ -44,8 +46,9 @@ class TransformParams(BaseModel):
 class SignalTransform(ABC):
     """One step f of the progressive signal transformation, with its map back g.
 
-    Shapes are per-sample ``(C, H, W)`` tuples; `encode` and `decode` act on batches ``(B, C, H, W)``
-    and must treat batch items independently, preserve dtype and device, and be differentiable.
+    Shapes are per-sample ``(C, H, W)`` tuples; `encode` and `decode` act on batches
+    ``(B, C, H, W)`` and must treat batch items independently, preserve dtype and device, and be
+    differentiable.
     """
 
     name: ClassVar[str]
@@ -57,7 +60,7 @@ class SignalTransform(ABC):
 
     @abstractmethod
     def out_shape(self, shape: Shape) -> Shape:
-        """Shape of f(x) for an input of per-sample shape `shape`; raise ValueError if f cannot take it."""
+        """Shape of f(x) for per-sample input `shape`; raise ValueError if f cannot take it."""
 
     @abstractmethod
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,74 @@
+"""safetensors checkpoints with JSON config, nested state, atomic writes."""
+
+import os
+
+import pytest
+import torch
+from fdm_core import (
+    CheckpointError,
+    atomic_write,
+    load_state,
+    load_tensors,
+    save_state,
+    save_tensors,
+)
+
+
+def test_tensors_and_config_round_trip(tmp_path):
+    path = tmp_path / "model.safetensors"
+    tensors = {"w": torch.randn(3, 4), "b": torch.arange(5)}
+    save_tensors(path, tensors, {"resolution": 32, "transforms": [{"name": "downsample"}]})
+    loaded, config = load_tensors(path)
+    assert torch.equal(loaded["w"], tensors["w"]) and torch.equal(loaded["b"], tensors["b"])
+    assert config == {"resolution": 32, "transforms": [{"name": "downsample"}]}
+
+
+def test_nested_state_round_trip(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": 7,
+        "rng": torch.get_rng_state(),
+        "pair": (1, "a"),
+        "none": None,
+    }
+    save_state(tmp_path / "ckpt.safetensors", state, {"seed": 0})
+    loaded, config = load_state(tmp_path / "ckpt.safetensors")
+    assert config == {"seed": 0} and loaded["step"] == 7 and loaded["pair"] == (1, "a")
+    assert torch.equal(loaded["rng"], state["rng"]) and loaded["none"] is None
+    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
+    opt2.load_state_dict(loaded["optimizer"])
+    assert torch.equal(
+        opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"]
+    )
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "keep.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(path, "w") as handle:
+        handle.write("half-written")
+        raise RuntimeError("crash")
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+def test_corrupt_and_missing_files_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_tensors(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_state(tmp_path / "missing.safetensors")
+    save_tensors(tmp_path / "plain.safetensors", {"a": torch.ones(1)})
+    with pytest.raises(CheckpointError, match="no fdm state"):
+        load_state(tmp_path / "plain.safetensors")
+
+
+def test_unsupported_values_are_refused(tmp_path):
+    with pytest.raises(TypeError, match=r"cannot store a set at 'state\.bad'"):
+        save_state(tmp_path / "x.safetensors", {"bad": {1, 2}})
