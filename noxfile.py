@@ -20,7 +20,7 @@ PACKAGES = [
 CONSTRAINTS = ("-c", "constraints.txt")
 
 
-@nox.session(python="3.11")
+@nox.session
 def tests(session: nox.Session) -> None:
     """Install the four packages (editable) and run pytest."""
     session.install(*CONSTRAINTS, "torch", "triton", "pytest", "pytest-timeout")
@@ -28,7 +28,7 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
-@nox.session(python="3.11")
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check over packages, tests and bench."""
     session.install("ruff>=0.6")

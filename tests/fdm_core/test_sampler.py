@@ -138,3 +138,28 @@ def test_stage_seeds_fix_one_stage_only():
     assert torch.allclose(fixed.stage_predictions[2][0], fixed.stage_predictions[2][1])
     assert not torch.allclose(base.stage_predictions[2][0], base.stage_predictions[2][1])
     assert not torch.allclose(fixed.x[0], fixed.x[1])  # finer stages still differ
+
+
+def test_renoise_boundary_with_an_oracle():
+    """A learned-encoder-like transform (boundary renoise): the up-step decodes the clean
+    prediction and noises it afresh, so the oracle still recovers the image."""
+    from fdm_core import Boundary, FDMProcess, ProcessConfig, registry
+    from fdm_core.testing import check_shapes
+    from fdm_transforms import DownsampleTransform
+
+    class Encoder(DownsampleTransform):
+        name = "test_encoder"
+        boundary = Boundary.RENOISE
+
+    reg = registry.load_registry(load_plugins="")
+    reg.add("transform", "test_encoder", Encoder, "tests", "0")
+    data = {"resolution": 8, "transforms": ["test_encoder"]}
+    process = FDMProcess(ProcessConfig.model_validate(data, context={"registry": reg}), reg)
+    check_shapes(process.transforms[0], (1, 8, 8))
+    x = torch.rand(1, 1, 8, 8) * 2 - 1
+    out = sample(
+        process, oracle(process, x), SamplerConfig(steps=10, eta=1.0), StageNoise(range(3))
+    )
+    assert (out.x - x).abs().max() < 1e-3
+    with pytest.raises(ValueError, match="renoise boundary needs the clean prediction"):
+        process.up_step(torch.zeros(1, 1, 4, 4), 0, torch.zeros(1, 1, 8, 8))

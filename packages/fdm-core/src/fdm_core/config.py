@@ -3,13 +3,22 @@
 Components (transforms, schedules) are given as registry specs ``{"name": ..., **params}``; the
 config validates names against the plugin registry and parameters against each component's own
 pydantic model, so a bad config fails here with the field and the allowed values in the message.
+Validate against another registry than the default with
+``ProcessConfig.model_validate(data, context={"registry": registry})``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .registry import Registry, get_registry
 
@@ -69,8 +78,9 @@ class ProcessConfig(BaseModel):
         return [_spec(v) for v in value] if isinstance(value, list | tuple) else value
 
     @model_validator(mode="after")
-    def _check_components(self) -> ProcessConfig:
-        resolve_components(self, get_registry())
+    def _check_components(self, info: ValidationInfo) -> ProcessConfig:
+        registry = (info.context or {}).get("registry") or get_registry()
+        resolve_components(self, registry)
         if self.parameterization == "eps" and self.transforms and self.interpolation:
             raise ValueError(
                 "parameterization 'eps' needs an identity mean path (no transforms, or "
