@@ -1,5 +1,10 @@
-"""Test-wide settings. TRITON_INTERPRET must be set before any Triton kernel module is imported,
-so the kernels run on CPU tensors under the interpreter."""
+"""Test-wide settings.
+
+TRITON_INTERPRET must be set before any Triton kernel module is imported, so the kernels run on
+CPU tensors under the interpreter. Tests use one intra-op thread: their tensors are small, and on
+a 2-core machine OpenMP threads busy-wait at every barrier, so a second thread that another
+process has descheduled makes small ops up to 100x slower.
+"""
 
 import os
 
@@ -8,7 +13,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,119 @@
+"""Exponential moving average of model weights, used for sampling (DESIGN.md §3).
+
+After each optimiser step, ``update(model)`` moves every floating-point parameter of the shadow
+copy towards the model: shadow <- d * shadow + (1 - d) * param, with the warm-up decay
+d_n = min(decay, (1 + n) / (10 + n)) for the n-th update (n = 0, 1, ...) when ``warmup`` is on,
+so early averages are not dominated by the random initialisation. Buffers are copied as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel or ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+class EMA:
+    """Shadow weights of ``model`` averaged over training steps."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.warmup = warmup
+        self.step = 0
+        model = unwrap_model(model)
+        self._parameter_names = {name for name, _ in model.named_parameters()}
+        self.shadow: dict[str, torch.Tensor] = {
+            name: tensor.detach().clone()
+            for name, tensor in model.state_dict().items()
+            if tensor.is_floating_point()
+        }
+
+    def current_decay(self) -> float:
+        """The decay the next ``update`` applies."""
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.step) / (10 + self.step))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Average the current weights of ``model`` into the shadow copy."""
+        decay = self.current_decay()
+        state = unwrap_model(model).state_dict()
+        for name, shadow in self.shadow.items():
+            value = state[name].detach()
+            if name in self._parameter_names:
+                shadow.lerp_(value.to(shadow.dtype), 1.0 - decay)
+            else:
+                shadow.copy_(value)
+        self.step += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Write the shadow weights into ``model`` (its own weights are overwritten)."""
+        target = unwrap_model(model).state_dict()
+        for name, shadow in self.shadow.items():
+            target[name].copy_(shadow)
+
+    def averaged_model(self, model: nn.Module) -> nn.Module:
+        """An eval-mode copy of ``model`` carrying the shadow weights; ``model`` is untouched."""
+        averaged = copy.deepcopy(unwrap_model(model))
+        self.copy_to(averaged)
+        return averaged.eval()
+
+    @contextlib.contextmanager
+    def swapped_into(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Temporarily load the shadow weights into ``model``; the originals come back after."""
+        target = unwrap_model(model)
+        backup = {name: target.state_dict()[name].detach().clone() for name in self.shadow}
+        self.copy_to(target)
+        try:
+            yield target
+        finally:
+            with torch.no_grad():
+                state = target.state_dict()
+                for name, value in backup.items():
+                    state[name].copy_(value)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat tensors (safetensors-friendly): ``shadow.<name>``, ``step`` and ``decay``."""
+        state = {f"shadow.{name}": tensor for name, tensor in self.shadow.items()}
+        state["step"] = torch.tensor(self.step, dtype=torch.int64)
+        state["decay"] = torch.tensor(self.decay, dtype=torch.float64)
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore from :meth:`state_dict`; the shadow names and shapes must match the model's."""
+        names = {key.removeprefix("shadow.") for key in state if key.startswith("shadow.")}
+        missing = sorted(set(self.shadow) - names)
+        unexpected = sorted(names - set(self.shadow))
+        if missing or unexpected or "step" not in state or "decay" not in state:
+            raise ValueError(
+                f"EMA state does not match the model: missing {missing}, unexpected {unexpected}"
+                + ("" if "step" in state and "decay" in state else ", and 'step'/'decay' absent")
+            )
+        for name, shadow in self.shadow.items():
+            value = state[f"shadow.{name}"]
+            if value.shape != shadow.shape:
+                raise ValueError(
+                    f"EMA state shadow.{name} has shape {tuple(value.shape)}, the model "
+                    f"expects {tuple(shadow.shape)}"
+                )
+            shadow.copy_(value)
+        self.step = int(state["step"])
+        self.decay = float(state["decay"])

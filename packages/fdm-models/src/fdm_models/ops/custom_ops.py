@@ -1,0 +1,283 @@
+"""The blur and resampling ops as ``torch.library`` custom ops in the ``fdm`` namespace.
+
+Each op takes a ``backend`` string: ``"triton"`` runs the Triton kernel, ``"torch"`` the
+reference in :mod:`fdm_models.ops.reference`, ``"auto"`` picks Triton for CUDA tensors when
+Triton is importable and torch otherwise. The public wrappers read the default from the
+environment variable ``FDM_OPS_BACKEND`` (``auto`` when unset). Forcing ``triton`` on CPU tensors
+works only under the Triton interpreter (``TRITON_INTERPRET=1``, used by the tests).
+
+Every op has a fake (meta) implementation and an autograd formula (DESIGN.md §6): the backward
+of mean down-sampling is nearest up-sampling / factor², that of nearest up-sampling is
+down-sampling * factor², the blur backward is its exact adjoint (transposed convolutions, then
+the adjoint of reflect padding), and bilinear up-sampling, being separable (y = A_h x A_w^T), has
+the adjoint A_h^T g A_w.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+
+from . import reference
+
+OPS_BACKENDS = ("auto", "torch", "triton")
+OPS_BACKEND_ENV = "FDM_OPS_BACKEND"
+
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether the optional ``triton`` package imports (extra ``fdm-models[triton]``)."""
+    try:
+        importlib.import_module("triton")
+    except ImportError:
+        return False
+    except Exception as error:  # e.g. a triton built for another torch / driver
+        logger.warning("triton is installed but does not import: %s", error)
+        return False
+    return True
+
+
+def _kernels() -> ModuleType:
+    """The Triton kernel module, imported on first use so that triton stays optional."""
+    return importlib.import_module("fdm_models.ops.triton_kernels")
+
+
+def default_ops_backend() -> str:
+    """The backend named by ``FDM_OPS_BACKEND`` (``auto`` when unset), validated."""
+    backend = os.environ.get(OPS_BACKEND_ENV, "").strip().lower() or "auto"
+    if backend not in OPS_BACKENDS:
+        raise ValueError(f"{OPS_BACKEND_ENV}={backend!r} is not one of {', '.join(OPS_BACKENDS)}")
+    return backend
+
+
+def resolve_ops_backend(backend: str, device: torch.device | str) -> str:
+    """The concrete backend (``torch`` or ``triton``) that runs an op on ``device``."""
+    device = torch.device(device)
+    if backend not in OPS_BACKENDS:
+        raise ValueError(f"ops backend {backend!r} is not one of {', '.join(OPS_BACKENDS)}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError(
+                "ops backend 'triton' needs the triton package (pip install fdm-models[triton]); "
+                f"allowed backends: {', '.join(OPS_BACKENDS)}"
+            )
+        interpreted = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
+        if device.type != "cuda" and not interpreted:
+            raise RuntimeError(
+                f"ops backend 'triton' needs CUDA tensors (got {device.type}); on CPU it runs "
+                "only under the Triton interpreter (TRITON_INTERPRET=1 before import)"
+            )
+    return backend
+
+
+def _check_image(x: torch.Tensor, name: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+
+
+def _check_factor(factor: int, name: str) -> None:
+    if factor < 1:
+        raise ValueError(f"{name} needs an integer factor >= 1, got {factor}")
+
+
+def _check_blur(x: torch.Tensor, kernel: torch.Tensor) -> None:
+    _check_image(x, "blur_separable")
+    if kernel.dim() != 1 or kernel.numel() % 2 == 0:
+        raise ValueError(
+            f"blur_separable needs a 1-D kernel of odd length, got shape {tuple(kernel.shape)}"
+        )
+    radius = kernel.numel() // 2
+    if radius >= x.shape[-2] or radius >= x.shape[-1]:
+        raise ValueError(
+            f"blur_separable: kernel radius {radius} must be smaller than H and W for reflect "
+            f"padding, got H={x.shape[-2]}, W={x.shape[-1]}"
+        )
+
+
+def _check_downsample(x: torch.Tensor, factor: int) -> None:
+    _check_image(x, "downsample_mean")
+    _check_factor(factor, "downsample_mean")
+    if x.shape[-2] % factor or x.shape[-1] % factor:
+        raise ValueError(
+            f"downsample_mean: H={x.shape[-2]} and W={x.shape[-1]} must be divisible by "
+            f"factor {factor}"
+        )
+
+
+def _check_upsample(x: torch.Tensor, factor: int, name: str) -> None:
+    _check_image(x, name)
+    _check_factor(factor, name)
+
+
+# --- blur -------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fdm::blur_separable", mutates_args=())
+def blur_separable_op(x: torch.Tensor, kernel: torch.Tensor, backend: str) -> torch.Tensor:
+    """Separable blur with reflect padding (see :func:`fdm_models.ops.reference.blur_separable`)."""
+    _check_blur(x, kernel)
+    if resolve_ops_backend(backend, x.device) == "triton":
+        return _kernels().blur_separable(x, kernel)
+    return reference.blur_separable(x, kernel).contiguous()
+
+
+@blur_separable_op.register_fake
+def _(x: torch.Tensor, kernel: torch.Tensor, backend: str) -> torch.Tensor:
+    _check_blur(x, kernel)
+    return x.new_empty(x.shape)
+
+
+def _blur_setup_context(ctx, inputs, output) -> None:
+    x, kernel, _ = inputs
+    ctx.save_for_backward(x, kernel)
+
+
+def _blur_backward(ctx, grad: torch.Tensor):
+    """Adjoint of pad -> correlate along H -> correlate along W, and the kernel gradient."""
+    x, kernel = ctx.saved_tensors
+    channels = x.shape[1]
+    radius = kernel.numel() // 2
+    k = kernel.to(dtype=grad.dtype, device=grad.device)
+    k_h = k.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    k_w = k.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    grad_rows = F.conv_transpose2d(grad, k_w, groups=channels)  # grad w.r.t. the H-pass output
+    grad_padded = F.conv_transpose2d(grad_rows, k_h, groups=channels)
+    pad = [radius] * 4
+    grad_x = torch.ops.aten.reflection_pad2d_backward(grad_padded, x, pad)
+    grad_kernel = None
+    if ctx.needs_input_grad[1]:
+        # y = sum_j k[j] rows[.., w + j] and rows = sum_i k[i] xpad[h + i, ..]: correlate each
+        # intermediate with the gradient that reaches it, one group per (batch, channel) plane.
+        xpad = F.pad(x.to(grad.dtype), pad, mode="reflect")
+        rows = F.conv2d(xpad, k_h, groups=channels)
+        planes = x.shape[0] * channels
+        grad_k_w = F.conv2d(
+            rows.reshape(1, planes, *rows.shape[-2:]),
+            grad.reshape(planes, 1, *grad.shape[-2:]),
+            groups=planes,
+        ).sum(dim=(0, 1, 2))
+        grad_k_h = F.conv2d(
+            xpad.reshape(1, planes, *xpad.shape[-2:]),
+            grad_rows.reshape(planes, 1, *grad_rows.shape[-2:]),
+            groups=planes,
+        ).sum(dim=(0, 1, 3))
+        grad_kernel = (grad_k_w + grad_k_h).to(kernel.dtype)
+    return grad_x, grad_kernel, None
+
+
+blur_separable_op.register_autograd(_blur_backward, setup_context=_blur_setup_context)
+
+
+# --- mean down-sampling and nearest up-sampling -----------------------------------------------
+
+
+@torch.library.custom_op("fdm::downsample_mean", mutates_args=())
+def downsample_mean_op(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
+    """Mean over non-overlapping factor x factor blocks."""
+    _check_downsample(x, factor)
+    if resolve_ops_backend(backend, x.device) == "triton":
+        return _kernels().downsample_mean(x, factor)
+    return reference.downsample_mean(x, factor).contiguous()
+
+
+@downsample_mean_op.register_fake
+def _(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
+    _check_downsample(x, factor)
+    return x.new_empty((*x.shape[:2], x.shape[2] // factor, x.shape[3] // factor))
+
+
+@torch.library.custom_op("fdm::upsample_nearest", mutates_args=())
+def upsample_nearest_op(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
+    """Repeat every pixel into a factor x factor block."""
+    _check_upsample(x, factor, "upsample_nearest")
+    if resolve_ops_backend(backend, x.device) == "triton":
+        return _kernels().upsample(x, factor, bilinear=False)
+    return reference.upsample_nearest(x, factor).contiguous()
+
+
+@upsample_nearest_op.register_fake
+def _(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
+    _check_upsample(x, factor, "upsample_nearest")
+    return x.new_empty((*x.shape[:2], x.shape[2] * factor, x.shape[3] * factor))
+
+
+def _resample_setup_context(ctx, inputs, output) -> None:
+    _, factor, backend = inputs
+    ctx.factor = factor
+    ctx.backend = backend
+
+
+def _downsample_mean_backward(ctx, grad: torch.Tensor):
+    return upsample_nearest_op(grad, ctx.factor, ctx.backend) / ctx.factor**2, None, None
+
+
+def _upsample_nearest_backward(ctx, grad: torch.Tensor):
+    return downsample_mean_op(grad, ctx.factor, ctx.backend) * ctx.factor**2, None, None
+
+
+downsample_mean_op.register_autograd(
+    _downsample_mean_backward, setup_context=_resample_setup_context
+)
+upsample_nearest_op.register_autograd(
+    _upsample_nearest_backward, setup_context=_resample_setup_context
+)
+
+
+# --- bilinear up-sampling ---------------------------------------------------------------------
+
+
+@torch.library.custom_op("fdm::upsample_bilinear", mutates_args=())
+def upsample_bilinear_op(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
+    """Bilinear up-sampling by an integer factor, align_corners=False."""
+    _check_upsample(x, factor, "upsample_bilinear")
+    if resolve_ops_backend(backend, x.device) == "triton":
+        return _kernels().upsample(x, factor, bilinear=True)
+    return reference.upsample_bilinear(x, factor).contiguous()
+
+
+@upsample_bilinear_op.register_fake
+def _(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
+    _check_upsample(x, factor, "upsample_bilinear")
+    return x.new_empty((*x.shape[:2], x.shape[2] * factor, x.shape[3] * factor))
+
+
+def _bilinear_matrix(size: int, factor: int, like: torch.Tensor) -> torch.Tensor:
+    """The (size * factor, size) matrix of 1-D linear interpolation, half-pixel centres."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    rows = torch.arange(size * factor, device=like.device)
+    src = ((rows.to(dtype) + 0.5) / factor - 0.5).clamp(min=0)
+    low = src.floor().long().clamp(max=size - 1)
+    high = (low + 1).clamp(max=size - 1)
+    frac = (src - low).to(like.dtype)
+    matrix = torch.zeros(size * factor, size, dtype=like.dtype, device=like.device)
+    matrix = matrix.index_put((rows, low), 1 - frac, accumulate=True)
+    return matrix.index_put((rows, high), frac, accumulate=True)
+
+
+def _bilinear_setup_context(ctx, inputs, output) -> None:
+    x, factor, _ = inputs
+    ctx.factor = factor
+    ctx.size = (x.shape[-2], x.shape[-1])
+
+
+def _upsample_bilinear_backward(ctx, grad: torch.Tensor):
+    """Bilinear up-sampling is separable, y = A_h x A_w^T, so the adjoint is A_h^T g A_w."""
+    height, width = ctx.size
+    rows = _bilinear_matrix(height, ctx.factor, grad)
+    cols = _bilinear_matrix(width, ctx.factor, grad)
+    return rows.transpose(0, 1) @ grad @ cols, None, None
+
+
+upsample_bilinear_op.register_autograd(
+    _upsample_bilinear_backward, setup_context=_bilinear_setup_context
+)
