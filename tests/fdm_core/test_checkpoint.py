@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+
 from fdm_core import (
     CheckpointError,
     atomic_write,

@@ -1,8 +1,9 @@
 """Invalid configurations fail with a message naming the field and what is allowed."""
 
 import pytest
-from fdm_core import FDMProcess, ProcessConfig, SamplerConfig
 from pydantic import ValidationError
+
+from fdm_core import FDMProcess, ProcessConfig, SamplerConfig
 
 DS = {"name": "downsample"}
 

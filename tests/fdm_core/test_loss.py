@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from fdm_core import stratified_times
 
 from .helpers import make_process, oracle

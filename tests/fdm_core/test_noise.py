@@ -3,6 +3,7 @@
 import math
 
 import torch
+
 from fdm_core import StageNoise
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from fdm_core import SamplerConfig, StageNoise, ddim_step, sample
 
 from .helpers import make_process, oracle

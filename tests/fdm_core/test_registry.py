@@ -4,6 +4,7 @@ import sys
 import textwrap
 
 import pytest
+
 from fdm_core import PluginError, load_registry
 
 PLUGIN = """

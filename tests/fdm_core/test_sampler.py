@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from fdm_core import SamplerConfig, StageNoise, Start, ddim_step, sample, steps_per_stage
 
 from .helpers import make_process, oracle

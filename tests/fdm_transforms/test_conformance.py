@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from fdm_core.testing import TransformConformance, check_projection
 from fdm_transforms import BlurTransform, DownsampleTransform, IdentityTransform
 

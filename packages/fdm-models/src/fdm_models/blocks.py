@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import dot_product_attention
+from .ops import upsample_nearest
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -118,11 +119,12 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest 2x up-sampling then a 3x3 convolution (level l -> l - 1)."""
+    """Nearest 2x up-sampling (the ``fdm::upsample_nearest`` op) then a 3x3 convolution
+    (level l -> l - 1)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(upsample_nearest(x, 2))

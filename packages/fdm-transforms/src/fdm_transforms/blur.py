@@ -12,10 +12,11 @@ import math
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
+
 from fdm_core import Boundary, SignalTransform, TransformParams
 from fdm_core.transform import Shape
 from fdm_models.ops import blur_separable
-from pydantic import Field, model_validator
 
 
 class BlurParams(TransformParams):

@@ -8,10 +8,11 @@ noise of variance 1 / factor^2 = d_{k+1} / d_k.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
+
 from fdm_core import Boundary, SignalTransform, TransformParams
 from fdm_core.transform import Shape
 from fdm_models.ops import downsample_mean, upsample_nearest
-from pydantic import Field
 
 
 class DownsampleParams(TransformParams):

@@ -4,6 +4,7 @@ only changes the stage embedding (useful as a control and in tests)."""
 from __future__ import annotations
 
 import torch
+
 from fdm_core import Boundary, SignalTransform
 from fdm_core.transform import Shape
 
