@@ -14,25 +14,14 @@ the output, over the median time of ``--repeats`` timed runs of ``--inner`` call
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from common import cpu_model
 
 from fdm_models import ops
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else the machine architecture."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return os.uname().machine
 
 
 def gaussian(length: int) -> torch.Tensor:

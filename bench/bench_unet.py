@@ -19,25 +19,15 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import cpu_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from fdm_models import MultiStageUNet, UNetConfig, resolve_attention_backend
 
 STAGE_SHAPES = [(1, 32, 32), (1, 16, 16), (1, 8, 8)]
 TARGETS = {1: 0.65, 2: 0.25}
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else the machine architecture."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return os.uname().machine
 
 
 def _sync(device: torch.device) -> None:

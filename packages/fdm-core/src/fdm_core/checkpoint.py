@@ -31,7 +31,7 @@ class CheckpointError(ValueError):
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any]:
-    """Write to a temporary file beside `path`, fsync it, then rename it over `path`.
+    """Write to a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder.
 
     A crash leaves either the old file or the new one, never a partial file.
     """
@@ -48,6 +48,12 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def save_tensors(

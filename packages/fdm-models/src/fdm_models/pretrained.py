@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
+
+from fdm_core import atomic_write
 
 from .config import UNetConfig
 from .unet import MultiStageUNet
@@ -35,26 +36,6 @@ def _package_version() -> str:
         return version("fdm-models")
     except PackageNotFoundError:
         return "unknown"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file in the same directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def save_pretrained(
@@ -82,8 +63,10 @@ def save_pretrained(
     tensors = {
         name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()
     }
-    _atomic_write(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+    with atomic_write(directory / WEIGHTS_NAME) as handle:
+        handle.write(save(tensors, metadata={"format": "pt"}))
+    with atomic_write(directory / CONFIG_NAME, "w") as handle:
+        handle.write(json.dumps(config, indent=2) + "\n")
     return directory
 
 
