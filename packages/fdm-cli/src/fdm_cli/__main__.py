@@ -1,0 +1,5 @@
+"""``python -m fdm_cli ...`` runs the `fdm` command (also under ``torchrun -m fdm_cli``)."""
+
+from .app import main
+
+main()

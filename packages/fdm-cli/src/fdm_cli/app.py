@@ -1,0 +1,388 @@
+"""The `fdm` command (``python -m fdm_cli``): train, sample, super-resolve, deblur, plugins, env.
+
+Exact commands::
+
+    fdm train                                  # fdm-ds on embedded Fashion-MNIST (CPU, < 10 min)
+    fdm train --preset ddpm --max-steps 2000 --out runs/ddpm
+    fdm train config.yaml --set process.interpolation=false --dry-run
+    fdm sample runs/fdm-ds --num 64 --out grid.png --strip strip.png
+    fdm super-resolve runs/fdm-ds low.png --out sr/
+    fdm deblur runs/fdm-blur-g blurred.png --out sharp/
+    fdm plugins --json
+    fdm env
+
+User errors (bad flag, bad config, missing or corrupt file, invalid image) print one line and
+exit with status 2; ``--debug`` (anywhere on the command line) or ``FDM_DEBUG=1`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from .errors import EXIT_USER_ERROR, UserError, format_validation_error
+
+app = typer.Typer(
+    name="fdm", no_args_is_help=False, add_completion=False, pretty_exceptions_enable=False,
+    help="f-DM: multi-stage diffusion with progressive signal transformations "
+    "(Gu et al., ICLR 2023).",
+)
+F = TypeVar("F", bound=Callable[..., Any])
+DEBUG_ENV = "FDM_DEBUG"
+
+
+_STATE = {"debug": False}
+
+
+def _debug() -> bool:
+    return _STATE["debug"] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _err_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def cli_errors(fn: F) -> F:
+    """Turn user errors into one line on stderr and exit status 2 (traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, ValidationError, OSError) as exc:
+            if _debug():
+                raise
+            if isinstance(exc, ValidationError):
+                message = f"invalid value: {format_validation_error(exc)}"
+            elif isinstance(exc, OSError) and not isinstance(exc, UserError):
+                where = f" {exc.filename}" if exc.filename else ""
+                message = f"cannot access{where}: {exc.strerror or exc}"
+            else:
+                message = str(exc)
+            _err_console().print(f"fdm: error: {message}", markup=False)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            _err_console().print("fdm: interrupted", markup=False)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """f-DM command-line interface."""
+    _STATE["debug"] = debug
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+Opt = typer.Option
+PRESET_HELP = "fdm-ds (default), fdm-blur-g, fdm-blur-u, ddpm."
+
+
+@app.command()
+@cli_errors
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML/JSON TrainConfig file.")] = None,
+    preset: Annotated[str | None, Opt(help=PRESET_HELP)] = None,
+    data: Annotated[str | None, Opt(help="fashion-mnist, an image folder, or IDX files.")] = None,
+    out: Annotated[Path | None, Opt(help="RUN_DIR (default runs/<preset>).")] = None,
+    resolution: Annotated[int | None, Opt(help="Image size in pixels.")] = None,
+    max_steps: Annotated[int | None, Opt(help="Train this many steps.")] = None,
+    minutes: Annotated[float | None, Opt(help="Train this many minutes (default 7.5).")] = None,
+    batch_size: Annotated[int | None, Opt(help="Global batch size.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
+    device: Annotated[str | None, Opt(help="auto, cpu, cuda or cuda:N.")] = None,
+    precision: Annotated[str | None, Opt(help="fp32 or bf16.")] = None,
+    seed: Annotated[int | None, Opt(help="Seed of init, data order and noise.")] = None,
+    resume: Annotated[bool, Opt(help="Continue from RUN_DIR/checkpoints/latest.")] = False,
+    set_: Annotated[list[str] | None, Opt("--set", help="key=value override, repeatable.")] = None,
+    dry_run: Annotated[bool, Opt(help="Print the resolved config and exit.")] = False,
+    progress: Annotated[bool, Opt(help="Show the progress bar.")] = True,
+) -> None:
+    """Train an f-DM (or the DDPM baseline) and write checkpoints, samples and losses to RUN_DIR."""
+    from . import checkpointing as ckpt
+    from .config import DataConfig, apply_override, build_layers, finalize, parse_override
+    from .data import probe_channels
+    from .presets import DEFAULT_PRESET
+
+    if max_steps is not None and minutes is not None:
+        raise UserError("--max-steps and --minutes are alternatives; give one (a config file "
+                        "may set both train.max_steps and train.minutes)")
+    run_dir = out or Path("runs") / (preset or DEFAULT_PRESET)  # refined below once resolved
+    saved = None
+    if resume and config is None and preset is None and (run_dir / ckpt.CONFIG_FILE).is_file():
+        if ckpt.latest_checkpoint(run_dir) is not None:
+            from .config import read_config_file
+
+            saved = read_config_file(run_dir / ckpt.CONFIG_FILE)
+    raw = build_layers(config, preset, saved)
+    flags = {
+        ("data", "source"): data, ("process", "resolution"): resolution,
+        ("train", "batch_size"): batch_size, ("optim", "lr"): lr, ("train", "device"): device,
+        ("train", "precision"): precision, ("train", "seed"): seed,
+    }
+    for (section, key), value in flags.items():
+        if value is not None:
+            raw.setdefault(section, {})[key] = value
+    if max_steps is not None:
+        raw.setdefault("train", {}).update(max_steps=max_steps, minutes=None)
+    if minutes is not None:
+        raw.setdefault("train", {}).update(minutes=minutes, max_steps=None)
+    for item in set_ or []:
+        apply_override(raw, *parse_override(item))
+    try:
+        data_cfg = DataConfig.model_validate(raw.get("data", {}))
+    except ValidationError as exc:
+        raise UserError(f"invalid config: {format_validation_error(exc, 'data')}") from None
+    channels = probe_channels(data_cfg.source, None if data_cfg.channels == "auto"
+                              else int(data_cfg.channels))
+    cfg = finalize(raw, channels)
+    if out is None and saved is None:
+        run_dir = Path("runs") / (cfg.preset or "custom")
+    console = Console(highlight=False, soft_wrap=True)
+    if dry_run:
+        _print_dry_run(cfg, run_dir, console)
+        return
+    from .train import run_training
+
+    result = run_training(cfg, run_dir, resume=resume, console=console,
+                          show_progress=progress)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+def _print_dry_run(cfg: Any, run_dir: Path, console: Console) -> None:
+    from fdm_core import FDMProcess
+    from fdm_models import MultiStageUNet
+
+    process = FDMProcess(cfg.process)
+    params = sum(p.numel() for p in MultiStageUNet(cfg.model).parameters())
+    typer.echo(cfg.to_yaml(), nl=False)
+    stages = ", ".join(f"{k}: {'x'.join(map(str, s))}" for k, s in enumerate(process.stage_shapes))
+    bounds = ", ".join(f"{b:.4g}" for b in process.boundaries)
+    typer.echo(f"# stages {stages}; boundaries [{bounds}]; UNet {params / 1e6:.2f}M "
+               f"parameters; RUN_DIR {run_dir}")
+
+
+# ---------------------------------------------------------------------------------------------
+# sample, super-resolve, deblur
+
+
+def _sampler_config(steps: int, sampler: str, eta: float | None) -> Any:
+    from fdm_core import SamplerConfig
+
+    if sampler not in ("ddim", "ddpm"):
+        raise UserError(f"--sampler {sampler!r}: allowed: ddim, ddpm")
+    if sampler == "ddpm" and eta not in (None, 1.0):
+        raise UserError(f"--sampler ddpm means eta = 1; for eta = {eta} use --sampler ddim")
+    value = 1.0 if sampler == "ddpm" else (0.0 if eta is None else eta)
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"--eta {value}: must be in [0, 1] (0: DDIM, 1: DDPM)")
+    if steps <= 0:
+        raise UserError(f"--steps {steps}: must be a positive number of sampler steps")
+    return SamplerConfig(steps=steps, eta=value)
+
+
+def _device(name: str) -> Any:
+    from .distributed import resolve_device
+
+    cuda_n = name.startswith("cuda:") and name[5:].isdigit()
+    if name not in ("auto", "cpu", "cuda") and not cuda_n:
+        raise UserError(f"--device {name!r}: allowed: auto, cpu, cuda, cuda:N")
+    return resolve_device(name)
+
+
+@app.command()
+@cli_errors
+def sample(
+    model: Annotated[Path, typer.Argument(help="RUN_DIR, MODEL_DIR or checkpoint file.")],
+    num: Annotated[int, Opt(help="Number of samples.")] = 64,
+    steps: Annotated[int, Opt(help="Sampler steps (split across stages).")] = 100,
+    sampler: Annotated[str, Opt(help="ddim or ddpm.")] = "ddim",
+    eta: Annotated[float | None, Opt(help="DDIM stochasticity in [0, 1].")] = None,
+    seed: Annotated[int, Opt(help="Sample i uses noise seed seed + i.")] = 0,
+    stage_seeds: Annotated[str | None, Opt(help="Shared noise per stage, e.g. 0=7,2=3.")] = None,
+    batch_size: Annotated[int, Opt(help="Images per sampler call.")] = 64,
+    out: Annotated[Path | None, Opt(help="Grid PNG (default samples.png).")] = None,
+    out_dir: Annotated[Path | None, Opt(help="Write one PNG per sample here instead.")] = None,
+    strip: Annotated[Path | None, Opt(help="Also write a stage strip PNG.")] = None,
+    strip_rows: Annotated[int, Opt(help="Samples shown in the stage strip.")] = 8,
+    ema: Annotated[bool, Opt("--ema/--no-ema", help="EMA or raw weights.")] = True,
+    device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Generate samples (a grid or one PNG each) and optionally a stage strip."""
+    from .images import make_grid, save_images, save_png, stage_strip
+    from .sample import generate, load_model, parse_stage_seeds, strip_columns, strip_tile
+
+    if out is not None and out_dir is not None:
+        raise UserError("--out (one grid) and --out-dir (one PNG per sample) are alternatives")
+    for name, value in (("--num", num), ("--batch-size", batch_size), ("--strip-rows", strip_rows)):
+        if value <= 0:
+            raise UserError(f"{name} {value}: must be positive")
+    config = _sampler_config(steps, sampler, eta)
+    dev = _device(device)
+    loaded = load_model(model, ema=ema, device=dev)
+    seeds = parse_stage_seeds(stage_seeds, loaded.process.num_stages)
+    result = generate(loaded, range(num), seed, config, seeds, batch_size, dev)
+    console = Console(highlight=False, soft_wrap=True)
+    if out_dir is not None:
+        paths = save_images(result.x, out_dir, first_index=0)
+        console.print(f"wrote {len(paths)} samples to {out_dir}/ from {loaded.description}")
+    else:
+        target = out or Path("samples.png")
+        grid = make_grid(result.x)
+        save_png(grid, target)
+        console.print(f"wrote {num} samples ({grid.width}x{grid.height}) to {target} from "
+                      f"{loaded.description}")
+    if strip is not None:
+        tile = strip_tile(loaded.process.stage_shapes[0][1])
+        columns, labels = strip_columns(loaded.process, result, strip_rows, tile)
+        save_png(stage_strip(columns, labels, tile=tile), strip)
+        console.print(f"wrote stage strip to {strip}")
+
+
+def _restore(task: str, model: Path, images: list[Path], out: Path, from_stage: int | None,
+             start_t: float | None, resize: bool, steps: int, eta: float, seed: int,
+             ema: bool, device: str) -> None:
+    from .images import make_grid, save_png, upscale
+    from .restore import check_start, check_task, default_stage, load_condition, make_start
+    from .sample import generate, load_model
+
+    config = _sampler_config(steps, "ddim", eta)
+    dev = _device(device)
+    loaded = load_model(model, ema=ema, device=dev)
+    check_task(loaded, task)
+    stage = from_stage if from_stage is not None else default_stage(loaded, task)
+    if stage is not None:
+        check_start(loaded, stage, start_t)
+    conditions = [load_condition(loaded, p, stage, resize, task) for p in images]
+    for c in conditions:
+        check_start(loaded, c.stage, start_t)
+    names = [c.path.stem for c in conditions]
+    if len(set(names)) != len(names):
+        raise UserError("two input images share a file name; outputs would overwrite each other")
+    console = Console(highlight=False, soft_wrap=True)
+    size = loaded.process.stage_shapes[0][1]
+    for i, c in enumerate(conditions):
+        result = generate(loaded, range(i, i + 1), seed, config, device=dev,
+                          start=make_start([c], start_t))
+        save_png(make_grid(result.x, padding=0), out / f"{c.path.stem}.png")
+        shown = upscale(loaded.process.to_data_space(c.signal[None], c.stage), size)
+        save_png(make_grid(_stack(shown, result.x)), out / f"{c.path.stem}-compare.png")
+        console.print(f"{c.path} (stage {c.stage}) -> {out / (c.path.stem + '.png')}")
+
+
+def _stack(*xs: Any) -> Any:
+    import torch
+
+    return torch.cat([x.float().cpu().clamp(-1, 1) for x in xs])
+
+
+_RESTORE_HELP = {
+    "from_stage": "Stage the input is a signal of (default: by size / most blurred).",
+    "start_t": "Start time in that stage (default tau_k; later = more freedom).",
+    "resize": "Resize/convert the input to the stage's size and channels.",
+}
+
+
+@app.command("super-resolve")
+@cli_errors
+def super_resolve(
+    model: Annotated[Path, typer.Argument(help="RUN_DIR, MODEL_DIR or checkpoint file.")],
+    images: Annotated[list[Path], typer.Argument(help="Low-resolution input images.")],
+    out: Annotated[Path, Opt(help="Output folder.")],
+    from_stage: Annotated[int | None, Opt(help=_RESTORE_HELP["from_stage"])] = None,
+    start_t: Annotated[float | None, Opt(help=_RESTORE_HELP["start_t"])] = None,
+    resize: Annotated[bool, Opt(help=_RESTORE_HELP["resize"])] = False,
+    steps: Annotated[int, Opt(help="Sampler steps for the whole range.")] = 100,
+    eta: Annotated[float, Opt(help="DDIM stochasticity in [0, 1].")] = 0.0,
+    seed: Annotated[int, Opt(help="Image i uses noise seed seed + i.")] = 0,
+    ema: Annotated[bool, Opt("--ema/--no-ema")] = True,
+    device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Up-sample images with a down-sampling f-DM by starting the sampler at their stage."""
+    _restore("super-resolve", model, images, out, from_stage, start_t, resize, steps, eta, seed,
+             ema, device)
+
+
+@app.command()
+@cli_errors
+def deblur(
+    model: Annotated[Path, typer.Argument(help="RUN_DIR, MODEL_DIR or checkpoint file.")],
+    images: Annotated[list[Path], typer.Argument(help="Blurred input images.")],
+    out: Annotated[Path, Opt(help="Output folder.")],
+    from_stage: Annotated[int | None, Opt(help=_RESTORE_HELP["from_stage"])] = None,
+    start_t: Annotated[float | None, Opt(help=_RESTORE_HELP["start_t"])] = None,
+    resize: Annotated[bool, Opt(help=_RESTORE_HELP["resize"])] = False,
+    steps: Annotated[int, Opt(help="Sampler steps for the whole range.")] = 100,
+    eta: Annotated[float, Opt(help="DDIM stochasticity in [0, 1].")] = 0.0,
+    seed: Annotated[int, Opt(help="Image i uses noise seed seed + i.")] = 0,
+    ema: Annotated[bool, Opt("--ema/--no-ema")] = True,
+    device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Sharpen images with a blur f-DM by starting the sampler at a blurred stage."""
+    _restore("deblur", model, images, out, from_stage, start_t, resize, steps, eta, seed, ema,
+             device)
+
+
+# ---------------------------------------------------------------------------------------------
+# plugins, env
+
+
+@app.command()
+@cli_errors
+def plugins(
+    as_json: Annotated[bool, Opt("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List every registered transform and schedule with the distribution that provides it."""
+    from .envinfo import plugin_table, print_plugins
+
+    table = plugin_table()
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(table, indent=2))
+    else:
+        print_plugins(table, Console(highlight=False))
+
+
+@app.command()
+@cli_errors
+def env(
+    as_json: Annotated[bool, Opt("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Versions and capabilities: python, torch, triton, xformers, CUDA, attention, plugins."""
+    from .envinfo import environment, print_environment
+
+    info = environment()
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        print_environment(info, Console(highlight=False))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point; ``--debug`` is accepted anywhere on the command line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args[1:]:  # after the sub-command: move it to where the root option lives
+        args = ["--debug", *(a for a in args if a != "--debug")]
+    app(args=args, prog_name="fdm")
+
+
+if __name__ == "__main__":
+    main()

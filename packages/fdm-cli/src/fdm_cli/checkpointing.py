@@ -1,0 +1,118 @@
+"""RUN_DIR layout and training checkpoints (safetensors + JSON through fdm-core, never pickle).
+
+    RUN_DIR/
+      config.yaml                     the resolved TrainConfig of the run
+      checkpoints/step-00001000.safetensors   model, EMA, optimizer, RNG states, progress
+      checkpoints/latest              name of the newest complete checkpoint (atomic pointer)
+      samples/step-00001000.png       sample grid (EMA weights) at that step
+      samples/strip-00001000.png      stage strip (paper Figure 1) at that step
+      samples/final.png, samples/final-strip.png
+      loss.csv, loss.png              per-step losses (total and per stage) and their curve
+      model/                          the final EMA model (save_pretrained): a MODEL_DIR
+
+Every file is written to a temporary name and renamed into place; `latest` is only moved once
+the checkpoint it names is complete, and old checkpoints are pruned after that.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fdm_core import CheckpointError, atomic_write, load_state, save_state
+
+from .errors import UserError
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+CONFIG_FILE = "config.yaml"
+MODEL_DIR = "model"
+SAMPLES = "samples"
+_NAME = re.compile(r"^step-(\d+)\.safetensors$")
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"step-{step:08d}.safetensors"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint file in the run, oldest first."""
+    folder = run_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint `latest` points to (or the newest file if the pointer is missing)."""
+    pointer = run_dir / CHECKPOINTS / LATEST
+    if pointer.is_file():
+        target = run_dir / CHECKPOINTS / pointer.read_text().strip()
+        if target.is_file():
+            return target
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], config: dict[str, Any],
+                    keep: int) -> Path:
+    """Write one checkpoint, move `latest` to it, then delete all but the newest `keep`."""
+    path = checkpoint_path(run_dir, step)
+    save_state(path, state, config)
+    with atomic_write(run_dir / CHECKPOINTS / LATEST, "w") as handle:
+        handle.write(path.name + "\n")
+    for _, old in list_checkpoints(run_dir)[:-keep]:
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state, config) of a checkpoint; UserError if it is missing or corrupt."""
+    try:
+        state, config = load_state(path)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    if config is None or not {"model", "progress"} <= set(state):
+        raise UserError(f"{path} is not an fdm training checkpoint (no model/progress/config)")
+    return state, config
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer and RNG states as checkpoint trees (string keys, tensors and JSON leaves only)
+
+
+def optimizer_to_tree(state_dict: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "state": {str(k): dict(v) for k, v in state_dict["state"].items()},
+        "param_groups": [dict(g) for g in state_dict["param_groups"]],
+    }
+
+
+def optimizer_from_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    groups = []
+    for group in tree["param_groups"]:
+        group = dict(group)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": {int(k): dict(v) for k, v in tree["state"].items()}, "param_groups": groups}
+
+
+def rng_state() -> dict[str, Any]:
+    """The global torch RNG states (CPU and every visible CUDA device)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].to(torch.uint8))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in cuda])

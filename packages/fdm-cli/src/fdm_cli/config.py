@@ -1,0 +1,240 @@
+"""`TrainConfig`: everything `fdm train` needs, one pydantic model (EDM-style grouped options).
+
+A run's config is resolved in one order, and every layer goes through the same models:
+
+    presets.BASE < --preset P < CONFIG.yaml/json < flags (--lr, --batch-size, ...) < --set k=v
+
+``process`` is fdm-core's `ProcessConfig`; ``model`` is fdm-models' `UNetConfig` whose
+``stage_shapes`` are always derived from the process; ``process.channels`` follows the data
+(``data.channels``). The other groups are declared and documented below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fdm_core import ProcessConfig, SamplerConfig
+from fdm_models import UNetConfig
+
+from .errors import UserError, format_validation_error
+from .presets import DEFAULT_PRESET, deep_merge, preset_dict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    """Where the training images come from and how they are shaped (see `fdm_cli.data`)."""
+
+    source: str = Field(
+        "fashion-mnist",
+        description="'fashion-mnist' (embedded t10k split), a folder of images, or IDX files",
+    )
+    channels: Literal["auto", 1, 3] = Field(
+        "auto", description="'auto' follows the data (1 if all images are grayscale, else 3)"
+    )
+    fit: Literal["auto", "pad", "resize"] = Field(
+        "auto", description="pad small size differences (28 -> 32) or resize + centre crop"
+    )
+    hflip: bool = Field(True, description="random horizontal flips (seeded by position)")
+
+
+class OptimConfig(_Section):
+    """AdamW with linear warm-up, gradient clipping and an EMA of the weights."""
+
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas")
+    warmup_steps: int = Field(200, ge=0, description="linear learning-rate warm-up")
+    decay: Literal["constant", "cosine"] = Field(
+        "cosine", description="after warm-up: constant, or cosine to 10% over the step/time budget"
+    )
+    grad_clip: float = Field(1.0, ge=0, description="max global gradient norm (0: off)")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the sampling weights")
+    ema_warmup: bool = Field(
+        True, description="use min(decay, (1 + n) / (10 + n)) so short runs get a useful EMA"
+    )
+
+
+class TrainOptions(_Section):
+    """Loop length, devices, precision, seeding and what is written how often."""
+
+    batch_size: int = Field(64, gt=0, description="global batch (split across DDP ranks)")
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    minutes: float | None = Field(
+        None, gt=0, description="stop after this much training wall time (summed over resumes)"
+    )
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda or cuda:N")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast or fp32")
+    seed: int = Field(0, ge=0, description="seeds init, data order and every noise draw")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
+    log_every: int = Field(10, gt=0, description="progress/CSV flush interval in steps")
+    checkpoint_every: int = Field(500, gt=0, description="checkpoint + sample images every N steps")
+    keep_checkpoints: int = Field(2, gt=0, description="keep the last K checkpoints")
+    dist_timeout_s: float = Field(1800.0, gt=0, description="DDP collective timeout in seconds")
+    find_unused_parameters: Literal["auto", True, False] = Field(
+        "auto", description="DDP flag; auto: on when a rank's batch cannot hold every stage"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrainOptions:
+        if self.max_steps is None and self.minutes is None:
+            raise ValueError("set train.max_steps or train.minutes (or both: whichever ends first)")
+        return self
+
+
+class SampleOptions(_Section):
+    """Images written during and after training (grid, stage strip)."""
+
+    num: int = Field(64, gt=0, description="images in the sample grid")
+    strip_rows: int = Field(8, gt=0, description="samples (rows) in the stage strip")
+    steps: int = Field(100, gt=0, description="sampler steps (split across stages)")
+    eta: float = Field(0.0, ge=0, le=1, description="0: DDIM, 1: ancestral DDPM")
+    seed: int = Field(0, ge=0, description="sample i uses noise seed seed + i")
+    batch_size: int = Field(64, gt=0, description="images per sampler call")
+
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(steps=self.steps, eta=self.eta)
+
+
+class TrainConfig(_Section):
+    """The whole resolved configuration of a run (what `--dry-run` prints and RUN_DIR keeps)."""
+
+    preset: str | None = Field(DEFAULT_PRESET, description="the preset this config started from")
+    process: ProcessConfig
+    model: UNetConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainOptions = Field(default_factory=TrainOptions)
+    sample: SampleOptions = Field(default_factory=SampleOptions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a TrainConfig from layers
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML (or JSON) mapping from `path`; UserError naming the file otherwise."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: "
+                        f"{first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping (sections process, model, "
+                        f"data, optim, train, sample), got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML, so 0, false, [1, 2] work)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+        raise UserError(f"--set expects key=value with a dotted key (e.g. process.gamma=0), "
+                        f"got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(config: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``config[path[0]][path[1]]... = value``; integer parts index lists."""
+    node: Any = config
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, path[: i + 1])
+        else:
+            if not isinstance(node.get(part, {}), dict | list):
+                raise UserError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is a value, "
+                                "not a section")
+            node = node.setdefault(part, {})
+    last = path[-1]
+    if isinstance(node, list):
+        index = _list_index(node, last, path)
+        node[index] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, part: str, path: list[str]) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise UserError(f"--set {'.'.join(path)}: {part!r} is not an index of a list of "
+                        f"{len(node)} items")
+    return int(part)
+
+
+def _list_item(node: list, part: str, path: list[str]) -> Any:
+    return node[_list_index(node, part, path)]
+
+
+def build_layers(config_file: Path | None, preset: str | None,
+                 saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """BASE < preset < file. A `saved` run config (resuming) is the base instead when neither a
+    config file nor a preset is given."""
+    file_data = read_config_file(config_file) if config_file is not None else {}
+    name = preset or file_data.get("preset")
+    if saved is not None and name is None and config_file is None:
+        return _unaliased(saved)
+    try:
+        raw = preset_dict(name or DEFAULT_PRESET)
+    except KeyError as exc:
+        raise UserError(exc.args[0]) from None
+    return _unaliased(deep_merge(raw, file_data))
+
+
+def _unaliased(raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy sharing no sub-objects (YAML anchors, repeated preset entries), so that
+    ``--set process.transforms.1.factor=4`` changes one transform only."""
+    return json.loads(json.dumps(raw, default=str))
+
+
+def finalize(raw: dict[str, Any], data_channels: int) -> TrainConfig:
+    """Validate `raw` into a TrainConfig: channels from the data, stage shapes from the process."""
+    raw = deep_merge(raw, {"process": {"channels": data_channels}})
+    try:
+        process = ProcessConfig.model_validate(raw.get("process", {}))
+    except ValidationError as exc:
+        raise UserError(f"invalid config: {format_validation_error(exc, 'process')}") from None
+    except ValueError as exc:
+        raise UserError(f"invalid config: process: {exc}") from None
+    from fdm_core import FDMProcess
+
+    shapes = [list(s) for s in FDMProcess(process).stage_shapes]
+    raw = deep_merge(raw, {"model": {"stage_shapes": shapes}})
+    raw["process"] = process.model_dump(mode="json")
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"invalid config: {format_validation_error(exc)}") from None
+    except ValueError as exc:
+        raise UserError(f"invalid config: {exc}") from None

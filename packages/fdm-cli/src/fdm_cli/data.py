@@ -1,0 +1,326 @@
+"""Training data for `fdm train --data D`: images in memory, scaled to [-1, 1], in a seeded order.
+
+Sources (`D`):
+
+- ``fashion-mnist`` (default): the Fashion-MNIST test split (10,000 images, MIT, Zalando SE)
+  embedded in this package (``fdm_cli/data``, with its licence notice).
+- a directory holding IDX files (``*-images-idx3-ubyte`` or ``.gz``; the ``train-`` split is
+  preferred), or one such file: e.g. ``/usr/share/datasets/fashion-mnist`` from Debian's
+  ``dataset-fashion-mnist``.
+- a directory of images (png, jpg, jpeg, webp; searched recursively), grayscale or RGB.
+
+Images are brought to ``resolution x resolution``: small size differences (28 -> 32) are
+zero-padded (``fit="auto"`` or ``"pad"``), anything else is resized (shorter side) and centre
+cropped. Channels follow the data (1 if every image is grayscale, else 3) unless forced.
+
+The order is a pure function of (seed, position): sample number p of the stream is item
+``perm_e[p mod N]`` of epoch ``e = p // N``, with ``perm_e`` a seeded permutation. A resumed run
+therefore sees exactly the batches an uninterrupted one would, for any number of ranks.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UserError
+from .seeding import DATA_FLIP, DATA_ORDER, derive_seed
+
+EMBEDDED = "fashion-mnist"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+Fit = Literal["auto", "pad", "resize"]
+
+
+@dataclass
+class ImageDataset:
+    """Images as one uint8 tensor ``(N, C, R, R)`` plus where they came from."""
+
+    images: torch.Tensor
+    source: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def resolution(self) -> int:
+        return self.images.shape[-1]
+
+    def batch(self, indices: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+        """Float images in [-1, 1] for `indices`; `flip` (bool per item) mirrors horizontally."""
+        x = self.images[indices].float().div_(127.5).sub_(1.0)
+        if flip is not None and bool(flip.any()):
+            x[flip] = x[flip].flip(-1)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX files
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) holding unsigned bytes."""
+    try:
+        raw = gzip.open(path).read() if path.name.endswith(".gz") else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise UserError(f"cannot read IDX file {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise UserError(f"{path} is not an IDX file (bad magic number)")
+    if raw[2] != 0x08:
+        raise UserError(f"{path}: only unsigned-byte IDX data (type 0x08) is supported")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise UserError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    count = int(np.prod(shape)) if shape else 0
+    if len(raw) - header != count:
+        raise UserError(
+            f"{path}: IDX header says {shape} ({count} bytes) but the file holds "
+            f"{len(raw) - header} bytes of data (truncated or corrupt)"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def find_idx_images(directory: Path) -> Path | None:
+    """The ``*-images-idx3-ubyte[.gz]`` file of `directory` (train split preferred), if any."""
+    found = sorted(
+        p for p in directory.iterdir()
+        if p.is_file() and p.name.removesuffix(".gz").endswith("-images-idx3-ubyte")
+    )
+    if not found:
+        return None
+    train = [p for p in found if p.name.startswith("train")]
+    return (train or found)[0]
+
+
+def _embedded_images() -> Path:
+    ref = resources.files("fdm_cli") / "data" / "t10k-images-idx3-ubyte.gz"
+    return Path(str(ref))
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+
+
+def fit_to_resolution(x: torch.Tensor, resolution: int, fit: Fit = "auto") -> torch.Tensor:
+    """Bring float images ``(N, C, H, W)`` in [0, 255] to ``resolution`` square.
+
+    ``pad``: centre pad (zeros) or crop; ``resize``: resize the shorter side (antialiased
+    bilinear) and centre crop; ``auto``: pad when the image is square and at most a quarter
+    smaller than the target (28 -> 32), else resize.
+    """
+    h, w = x.shape[-2:]
+    if fit == "auto":
+        fit = "pad" if h == w and 0 <= resolution - h <= h // 4 else "resize"
+    if fit == "resize" and (h, w) != (resolution, resolution):
+        scale = resolution / min(h, w)
+        size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        h, w = size
+    top, left = (h - resolution) // 2, (w - resolution) // 2
+    if top >= 0 and left >= 0:
+        return x[..., top : top + resolution, left : left + resolution]
+    pad_h, pad_w = max(0, resolution - h), max(0, resolution - w)
+    x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    h, w = x.shape[-2:]
+    top, left = (h - resolution) // 2, (w - resolution) // 2
+    return x[..., top : top + resolution, left : left + resolution]
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.round().clamp_(0, 255).to(torch.uint8)
+
+
+def _match_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
+    if channels is None or x.shape[1] == channels:
+        return x
+    if channels == 3 and x.shape[1] == 1:
+        return x.expand(-1, 3, -1, -1)
+    if channels == 1 and x.shape[1] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+        return (x * weights).sum(1, keepdim=True)
+    raise UserError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folders
+
+
+def list_images(directory: Path) -> list[Path]:
+    return sorted(
+        p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and decode an image, or raise a UserError naming the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UserError(
+            f"cannot read image {path}: {exc.__class__.__name__}: {exc} "
+            f"(allowed: {', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})"
+        ) from None
+
+
+def image_channels(im: Image.Image) -> int:
+    return 1 if im.mode in GRAY_MODES else 3
+
+
+def pil_to_tensor(im: Image.Image, channels: int) -> torch.Tensor:
+    """A PIL image as float ``(C, H, W)`` in [0, 255] with the given number of channels."""
+    im = im.convert("L" if channels == 1 else "RGB")
+    arr = np.asarray(im, dtype=np.float32)
+    t = torch.from_numpy(arr.copy())
+    return t.unsqueeze(0) if channels == 1 else t.permute(2, 0, 1)
+
+
+def _resize_pil(im: Image.Image, resolution: int, fit: Fit) -> Image.Image:
+    w, h = im.size
+    if fit == "pad" or (fit == "auto" and h == w and 0 <= resolution - h <= h // 4):
+        return im
+    scale = resolution / min(w, h)
+    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+    if size != (w, h):
+        im = im.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return im
+
+
+def load_image_folder(
+    directory: Path, resolution: int, channels: int | None = None, fit: Fit = "auto"
+) -> ImageDataset:
+    paths = list_images(directory)
+    if not paths:
+        raise UserError(
+            f"no images found in {directory} (looked recursively for "
+            f"{', '.join(IMAGE_SUFFIXES)}; IDX files must be named *-images-idx3-ubyte[.gz])"
+        )
+    opened = [open_image(p) for p in paths]
+    if channels is None:
+        channels = max(image_channels(im) for im in opened)
+    out = torch.empty((len(opened), channels, resolution, resolution), dtype=torch.uint8)
+    for i, im in enumerate(opened):
+        t = pil_to_tensor(_resize_pil(im, resolution, fit), channels)
+        out[i] = _to_uint8(fit_to_resolution(t.unsqueeze(0), resolution, "pad")[0])
+    return ImageDataset(out, str(directory))
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _idx_dataset(path: Path, resolution: int, channels: int | None, fit: Fit) -> ImageDataset:
+    arr = read_idx(path)
+    if arr.ndim != 3:
+        raise UserError(f"{path}: expected grayscale images of shape (N, H, W), got {arr.shape}")
+    x = torch.from_numpy(arr.copy())[:, None]
+    chunks = []
+    for part in x.split(4096):
+        f = _match_channels(part.float(), channels)
+        chunks.append(_to_uint8(fit_to_resolution(f, resolution, fit)))
+    return ImageDataset(torch.cat(chunks), str(path))
+
+
+def load_dataset(
+    source: str, resolution: int, channels: int | None = None, fit: Fit = "auto"
+) -> ImageDataset:
+    """Load `source` (see the module docstring) as a uint8 dataset at `resolution`.
+
+    `channels` None follows the data; 1 or 3 converts.
+    """
+    if source == EMBEDDED:
+        return _idx_dataset(_embedded_images(), resolution, channels, fit)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"data source {source!r} not found: use {EMBEDDED!r}, a directory of images "
+            f"({', '.join(IMAGE_SUFFIXES)}), or a directory/file of IDX *-images-idx3-ubyte[.gz]"
+        )
+    if path.is_file():
+        if path.name.removesuffix(".gz").endswith("idx3-ubyte"):
+            return _idx_dataset(path, resolution, channels, fit)
+        raise UserError(
+            f"data file {path} is not an IDX images file (*-images-idx3-ubyte[.gz]); "
+            "pass a directory for a folder of images"
+        )
+    idx = find_idx_images(path)
+    if idx is not None:
+        return _idx_dataset(idx, resolution, channels, fit)
+    return load_image_folder(path, resolution, channels, fit)
+
+
+class DataOrder:
+    """The seeded infinite stream of (index, flip) over a dataset of `n` items.
+
+    `take(position, count)` returns the items at stream positions ``position .. position+count-1``:
+    a fresh seeded permutation per epoch, and (if `hflip`) a seeded coin per position.
+    """
+
+    def __init__(self, n: int, seed: int, hflip: bool = False) -> None:
+        if n <= 0:
+            raise UserError("the dataset is empty")
+        self.n, self.seed, self.hflip = n, seed, hflip
+        self._epoch = -1
+        self._perm = torch.empty(0, dtype=torch.long)
+        self._flip = torch.empty(0, dtype=torch.bool)
+
+    def _load_epoch(self, epoch: int) -> None:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, DATA_ORDER, epoch))
+            self._perm = torch.randperm(self.n, generator=g)
+            g = torch.Generator().manual_seed(derive_seed(self.seed, DATA_FLIP, epoch))
+            self._flip = torch.rand(self.n, generator=g) < 0.5
+            self._epoch = epoch
+
+    def take(self, position: int, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        idx, flip = [], []
+        while count > 0:
+            epoch, offset = divmod(position, self.n)
+            self._load_epoch(epoch)
+            k = min(count, self.n - offset)
+            idx.append(self._perm[offset : offset + k])
+            flip.append(self._flip[offset : offset + k])
+            position, count = position + k, count - k
+        return torch.cat(idx), (torch.cat(flip) if self.hflip else None)
+
+
+def probe_channels(source: str, channels: int | None = None) -> int:
+    """The channel count `load_dataset` will produce, reading only headers (for --dry-run)."""
+    if channels is not None:
+        return channels
+    if source == EMBEDDED:
+        return 1
+    path = Path(source).expanduser()
+    if path.is_dir() and find_idx_images(path) is None:
+        paths = list_images(path)
+        if not paths:
+            return load_image_folder(path, 1).channels  # raises the "no images" error
+        modes = []
+        for p in paths:
+            try:
+                with Image.open(p) as im:
+                    modes.append(image_channels(im))
+            except (UnidentifiedImageError, OSError) as exc:
+                raise UserError(f"cannot read image {p}: {exc}") from None
+        return max(modes)
+    if not path.exists():
+        load_dataset(source, 1)  # raises the "not found" error with the allowed sources
+    return 1

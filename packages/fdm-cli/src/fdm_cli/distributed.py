@@ -1,0 +1,131 @@
+"""Single-process or DDP execution, chosen by the environment (`torchrun` sets it).
+
+Under ``torchrun --nproc_per_node N fdm train ...`` (or ``python -m torch.distributed.run``)
+every rank runs the same command: the process group is initialised from the environment
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) with gloo on CPU
+and nccl on CUDA, each rank takes its slice of the global batch, and only rank 0 writes files.
+Sampling is split over the ranks and gathered on rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits: rank, world size, and the device it computes on."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA (this rank's GPU) when available, else CPU; ``cuda`` without one is an
+    error."""
+    if preference == "cpu":
+        return torch.device("cpu")
+    if preference == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {preference}: CUDA is not available on this machine "
+                        "(allowed here: auto, cpu)")
+    if preference.startswith("cuda:"):
+        index = int(preference.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {preference}: only {torch.cuda.device_count()} CUDA "
+                            "device(s) visible")
+        return torch.device(preference)
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def init_distributed(device_preference: str, timeout_s: float = 1800.0) -> DistContext:
+    """Initialise DDP from torchrun's environment, or return a single-process context."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_preference, local_rank)
+    if world_size <= 1:
+        return DistContext(device=device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    return DistContext(rank, world_size, local_rank, device, backend)
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def any_rank(ctx: DistContext, flag: bool) -> bool:
+    """True on every rank if `flag` is true on any rank (so all ranks stop together)."""
+    if not ctx.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def broadcast_float(ctx: DistContext, value: float) -> float:
+    """Rank 0's `value` on every rank."""
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
+def mean_over_ranks(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
+    """The element-wise mean of a small float tensor over all ranks."""
+    if not ctx.enabled:
+        return values
+    t = values.detach().to(ctx.device, torch.float64).clone()
+    dist.all_reduce(t)
+    return (t / ctx.world_size).cpu()
+
+
+def shard(ctx: DistContext, n: int) -> tuple[int, int]:
+    """The contiguous index range [start, stop) of `n` items this rank handles."""
+    per_rank = -(-n // ctx.world_size)
+    start = min(n, ctx.rank * per_rank)
+    return start, min(n, start + per_rank)
+
+
+def gather_shards(ctx: DistContext, local: torch.Tensor, n: int) -> torch.Tensor:
+    """Concatenate each rank's `shard` of an n-item tensor (rows) on every rank, in rank order."""
+    if not ctx.enabled:
+        return local
+    per_rank = -(-n // ctx.world_size)
+    padded = local.new_zeros((per_rank, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    padded = padded.to(ctx.device).contiguous()
+    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat(parts)[:n].cpu()

@@ -1,0 +1,162 @@
+"""Sampling from a trained f-DM: unconditional grids, stage strips, super-resolution, deblurring.
+
+Exact commands::
+
+    fdm sample runs/fdm-ds --num 64 --steps 100 --out grid.png --strip strip.png
+    fdm sample runs/fdm-ds/model --num 16 --stage-seeds 2=3 --out-dir samples/
+    fdm super-resolve runs/fdm-ds small.png --out sr/            # 8x8 or 16x16 input
+    fdm deblur runs/fdm-blur-g blurred.png --out deblurred/
+
+A model is a RUN_DIR (its latest checkpoint; EMA weights unless ``--no-ema``), a single
+checkpoint file, or a MODEL_DIR written by ``save_pretrained`` (``RUN_DIR/model``). Sample i is
+drawn from `StageNoise` seeded ``seed + i``, so images do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+
+from fdm_core import FDMProcess, ProcessConfig, SamplerConfig, StageNoise, Start, sample
+from fdm_models import MultiStageUNet, UNetConfig, from_pretrained, load_pretrained_config
+
+from . import checkpointing as ckpt
+from .errors import UserError, format_validation_error
+from .images import upscale
+
+
+@dataclass
+class LoadedModel:
+    process: FDMProcess
+    unet: MultiStageUNet
+    description: str
+
+
+def _process_from(config: dict, source: Path) -> FDMProcess:
+    try:
+        return FDMProcess(ProcessConfig.model_validate(config))
+    except ValidationError as exc:
+        message = format_validation_error(exc)
+        raise UserError(f"{source}: invalid process config: {message}") from None
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"{source}: invalid process config: {exc}") from None
+
+
+def load_model(path: Path, ema: bool = True, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load a RUN_DIR, a checkpoint file or a MODEL_DIR for sampling (eval mode, on `device`)."""
+    if not path.exists():
+        raise UserError(f"model not found: {path} (give a RUN_DIR, a MODEL_DIR or a checkpoint)")
+    if path.is_dir() and (path / "config.json").is_file():
+        if not ema:
+            raise UserError(f"{path} is a MODEL_DIR holding only the EMA weights; "
+                            "--no-ema needs a RUN_DIR or a checkpoint file")
+        try:
+            config = load_pretrained_config(path)
+            unet = from_pretrained(path, device=device)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
+        if "process" not in config:
+            raise UserError(f"{path}/config.json has no 'process' entry: not an f-DM model "
+                            "directory (write one with fdm train)")
+        return LoadedModel(_process_from(config["process"], path), unet, f"{path} (EMA)")
+    if path.is_dir():
+        file = ckpt.latest_checkpoint(path)
+        if file is None:
+            raise UserError(f"{path} holds no checkpoint (expected "
+                            f"{ckpt.CHECKPOINTS}/*.safetensors "
+                            "from fdm train, or config.json + model.safetensors of a MODEL_DIR)")
+    else:
+        file = path
+    state, config = ckpt.load_checkpoint(file)
+    process = _process_from(config.get("process", {}), file)
+    try:
+        unet = MultiStageUNet(UNetConfig.model_validate(config.get("model", {})))
+    except ValidationError as exc:
+        raise UserError(f"{file}: invalid model config: {format_validation_error(exc)}") from None
+    if ema:
+        weights = {k.removeprefix("shadow."): v for k, v in state["ema"].items()
+                   if k.startswith("shadow.")}
+        weights = {**{k: v for k, v in state["model"].items() if k not in weights}, **weights}
+    else:
+        weights = state["model"]
+    try:
+        unet.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise UserError(f"{file}: weights do not fit the model config: "
+                        f"{str(exc).splitlines()[0]}") from None
+    step = state["progress"]["step"]
+    return LoadedModel(process, unet.to(device).eval(),
+                       f"{file} (step {step}, {'EMA' if ema else 'raw'} weights)")
+
+
+def parse_stage_seeds(text: str | None, num_stages: int) -> dict[int, int]:
+    """``"0=7,2=3"`` -> {0: 7, 2: 3}; stages must exist in the model."""
+    if not text:
+        return {}
+    out = {}
+    for item in text.split(","):
+        stage, sep, seed = item.strip().partition("=")
+        if not sep or not stage.strip().isdigit() or not seed.strip().lstrip("-").isdigit():
+            raise UserError(f"--stage-seeds expects stage=seed pairs like 0=7,2=3, got {item!r}")
+        k = int(stage)
+        if k >= num_stages:
+            raise UserError(f"--stage-seeds: stage {k} does not exist; this model has stages "
+                            f"0..{num_stages - 1}")
+        out[k] = int(seed)
+    return out
+
+
+@dataclass
+class Samples:
+    x: torch.Tensor  # (N, C, H, W) in data space, on the CPU
+    stage_predictions: list[torch.Tensor]  # per stage k: xhat^k (N, *stage_shapes[k])
+
+
+def generate(model: LoadedModel, indices: range, seed: int, sampler: SamplerConfig,
+             stage_seeds: dict[int, int] | None = None, batch_size: int = 64,
+             device: torch.device | str = "cpu", start: Start | None = None,
+             on_batch: Callable[[int], None] | None = None) -> Samples:
+    """Samples number `indices` (noise seed ``seed + i``), `batch_size` at a time.
+
+    With `start` (its signal holds one row per index), sampling is conditioned on it.
+    """
+    xs: list[torch.Tensor] = []
+    preds: list[list[torch.Tensor]] = []
+    lo = indices.start
+    for first in range(indices.start, indices.stop, batch_size):
+        last = min(indices.stop, first + batch_size)
+        noise = StageNoise(seeds=torch.arange(seed + first, seed + last), stage_seeds=stage_seeds)
+        part = None
+        if start is not None:
+            part = Start(start.stage, start.signal[first - lo : last - lo].to(device), start.t)
+        out = sample(model.process, model.unet, sampler, noise=noise, start=part, device=device)
+        xs.append(out.x.float().cpu())
+        preds.append([p.float().cpu() for p in out.stage_predictions])
+        if on_batch is not None:
+            on_batch(last - first)
+    if not xs:
+        stages = model.process.stage_shapes
+        return Samples(torch.empty(0, *stages[0]), [torch.empty(0, *s) for s in stages])
+    return Samples(torch.cat(xs), [torch.cat(p) for p in zip(*preds, strict=True)])
+
+
+def strip_columns(process: FDMProcess, samples: Samples, rows: int,
+                  tile: int) -> tuple[list[torch.Tensor], list[str]]:
+    """Stage strip columns (coarsest stage first, in data space) and their labels."""
+    columns, labels = [], []
+    for k in reversed(range(len(samples.stage_predictions))):
+        pred = samples.stage_predictions[k][:rows]
+        shape = process.stage_shapes[k]
+        columns.append(upscale(process.to_data_space(pred, k).clamp(-1, 1), tile))
+        labels.append(f"stage {k}\n{shape[1]}x{shape[2]}")
+    return columns, labels
+
+
+def strip_tile(resolution: int) -> int:
+    """Tile size of a stage strip: at least 64 px, an integer multiple of the resolution."""
+    return resolution * max(1, math.ceil(64 / resolution))
