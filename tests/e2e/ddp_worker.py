@@ -1,0 +1,35 @@
+"""Run by the DDP test under torchrun: train a tiny fdm-ds, then every rank saves its weights.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 \
+        ddp_worker.py RUN_DIR WEIGHTS_DIR
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from fdm_cli.config import apply_override, build_layers, finalize, parse_override
+from fdm_cli.train import run_training
+
+
+def main() -> None:
+    run_dir, weights_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    raw = build_layers(None, "fdm-ds")
+    for item in ("model.base_channels=8", "model.num_heads=2", "train.batch_size=8",
+                 "train.max_steps=3", "train.minutes=null", "train.device=cpu",
+                 "train.checkpoint_every=2", "sample.num=5", "sample.steps=3",
+                 "sample.strip_rows=2", "optim.warmup_steps=1", "train.dist_timeout_s=120"):
+        apply_override(raw, *parse_override(item))
+    result = run_training(finalize(raw, 1), run_dir, show_progress=False)
+    rank = int(os.environ["RANK"])
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
+    save_file(state, str(weights_dir / f"rank{rank}.safetensors"))
+
+
+if __name__ == "__main__":
+    main()
