@@ -85,10 +85,29 @@ def _root(
     _STATE["debug"] = debug
 
 
+Opt = typer.Option
+
+# Options shared by several commands.
+ModelArg = Annotated[Path, typer.Argument(help="RUN_DIR, MODEL_DIR or checkpoint file.")]
+EmaOpt = Annotated[bool, Opt("--ema/--no-ema", help="EMA or raw weights.")]
+DeviceOpt = Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")]
+JsonOpt = Annotated[bool, Opt("--json", help="Machine-readable output.")]
+OutFolderOpt = Annotated[Path, Opt(help="Output folder.")]
+FromStageOpt = Annotated[
+    int | None, Opt(help="Stage the input is a signal of (default: by size / most blurred).")
+]
+StartTOpt = Annotated[
+    float | None, Opt(help="Start time in that stage (default tau_k; later = more freedom).")
+]
+ResizeOpt = Annotated[bool, Opt(help="Resize/convert the input to the stage's size and channels.")]
+RestoreStepsOpt = Annotated[int, Opt(help="Sampler steps for the whole range.")]
+EtaOpt = Annotated[float, Opt(help="DDIM stochasticity in [0, 1].")]
+RestoreSeedOpt = Annotated[int, Opt(help="Image i uses noise seed seed + i.")]
+
+
 # ---------------------------------------------------------------------------------------------
 # train
 
-Opt = typer.Option
 PRESET_HELP = "fdm-ds (default), fdm-blur-g, fdm-blur-u, ddpm."
 
 
@@ -208,7 +227,7 @@ def _device(name: str) -> Any:
 @app.command()
 @cli_errors
 def sample(
-    model: Annotated[Path, typer.Argument(help="RUN_DIR, MODEL_DIR or checkpoint file.")],
+    model: ModelArg,
     num: Annotated[int, Opt(help="Number of samples.")] = 64,
     steps: Annotated[int, Opt(help="Sampler steps (split across stages).")] = 100,
     sampler: Annotated[str, Opt(help="ddim or ddpm.")] = "ddim",
@@ -220,8 +239,8 @@ def sample(
     out_dir: Annotated[Path | None, Opt(help="Write one PNG per sample here instead.")] = None,
     strip: Annotated[Path | None, Opt(help="Also write a stage strip PNG.")] = None,
     strip_rows: Annotated[int, Opt(help="Samples shown in the stage strip.")] = 8,
-    ema: Annotated[bool, Opt("--ema/--no-ema", help="EMA or raw weights.")] = True,
-    device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    ema: EmaOpt = True,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Generate samples (a grid or one PNG each) and optionally a stage strip."""
     from .images import make_grid, save_images, save_png, stage_strip
@@ -291,27 +310,20 @@ def _stack(*xs: Any) -> Any:
     return torch.cat([x.float().cpu().clamp(-1, 1) for x in xs])
 
 
-_RESTORE_HELP = {
-    "from_stage": "Stage the input is a signal of (default: by size / most blurred).",
-    "start_t": "Start time in that stage (default tau_k; later = more freedom).",
-    "resize": "Resize/convert the input to the stage's size and channels.",
-}
-
-
 @app.command("super-resolve")
 @cli_errors
 def super_resolve(
-    model: Annotated[Path, typer.Argument(help="RUN_DIR, MODEL_DIR or checkpoint file.")],
+    model: ModelArg,
     images: Annotated[list[Path], typer.Argument(help="Low-resolution input images.")],
-    out: Annotated[Path, Opt(help="Output folder.")],
-    from_stage: Annotated[int | None, Opt(help=_RESTORE_HELP["from_stage"])] = None,
-    start_t: Annotated[float | None, Opt(help=_RESTORE_HELP["start_t"])] = None,
-    resize: Annotated[bool, Opt(help=_RESTORE_HELP["resize"])] = False,
-    steps: Annotated[int, Opt(help="Sampler steps for the whole range.")] = 100,
-    eta: Annotated[float, Opt(help="DDIM stochasticity in [0, 1].")] = 0.0,
-    seed: Annotated[int, Opt(help="Image i uses noise seed seed + i.")] = 0,
-    ema: Annotated[bool, Opt("--ema/--no-ema")] = True,
-    device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    out: OutFolderOpt,
+    from_stage: FromStageOpt = None,
+    start_t: StartTOpt = None,
+    resize: ResizeOpt = False,
+    steps: RestoreStepsOpt = 100,
+    eta: EtaOpt = 0.0,
+    seed: RestoreSeedOpt = 0,
+    ema: EmaOpt = True,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Up-sample images with a down-sampling f-DM by starting the sampler at their stage."""
     _restore("super-resolve", model, images, out, from_stage, start_t, resize, steps, eta, seed,
@@ -321,17 +333,17 @@ def super_resolve(
 @app.command()
 @cli_errors
 def deblur(
-    model: Annotated[Path, typer.Argument(help="RUN_DIR, MODEL_DIR or checkpoint file.")],
+    model: ModelArg,
     images: Annotated[list[Path], typer.Argument(help="Blurred input images.")],
-    out: Annotated[Path, Opt(help="Output folder.")],
-    from_stage: Annotated[int | None, Opt(help=_RESTORE_HELP["from_stage"])] = None,
-    start_t: Annotated[float | None, Opt(help=_RESTORE_HELP["start_t"])] = None,
-    resize: Annotated[bool, Opt(help=_RESTORE_HELP["resize"])] = False,
-    steps: Annotated[int, Opt(help="Sampler steps for the whole range.")] = 100,
-    eta: Annotated[float, Opt(help="DDIM stochasticity in [0, 1].")] = 0.0,
-    seed: Annotated[int, Opt(help="Image i uses noise seed seed + i.")] = 0,
-    ema: Annotated[bool, Opt("--ema/--no-ema")] = True,
-    device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    out: OutFolderOpt,
+    from_stage: FromStageOpt = None,
+    start_t: StartTOpt = None,
+    resize: ResizeOpt = False,
+    steps: RestoreStepsOpt = 100,
+    eta: EtaOpt = 0.0,
+    seed: RestoreSeedOpt = 0,
+    ema: EmaOpt = True,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Sharpen images with a blur f-DM by starting the sampler at a blurred stage."""
     _restore("deblur", model, images, out, from_stage, start_t, resize, steps, eta, seed, ema,
@@ -345,7 +357,7 @@ def deblur(
 @app.command()
 @cli_errors
 def plugins(
-    as_json: Annotated[bool, Opt("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """List every registered transform and schedule with the distribution that provides it."""
     from .envinfo import plugin_table, print_plugins
@@ -362,7 +374,7 @@ def plugins(
 @app.command()
 @cli_errors
 def env(
-    as_json: Annotated[bool, Opt("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Versions and capabilities: python, torch, triton, xformers, CUDA, attention, plugins."""
     from .envinfo import environment, print_environment
