@@ -362,13 +362,7 @@ def plugins(
     """List every registered transform and schedule with the distribution that provides it."""
     from .envinfo import plugin_table, print_plugins
 
-    table = plugin_table()
-    if as_json:
-        import json
-
-        typer.echo(json.dumps(table, indent=2))
-    else:
-        print_plugins(table, Console(highlight=False))
+    _report(plugin_table(), as_json, print_plugins)
 
 
 @app.command()
@@ -379,13 +373,17 @@ def env(
     """Versions and capabilities: python, torch, triton, xformers, CUDA, attention, plugins."""
     from .envinfo import environment, print_environment
 
-    info = environment()
+    _report(environment(), as_json, print_environment)
+
+
+def _report(data: Any, as_json: bool, show: Callable[[Any, Console], None]) -> None:
+    """Print `data` as JSON, or with its rich printer."""
     if as_json:
         import json
 
-        typer.echo(json.dumps(info, indent=2))
+        typer.echo(json.dumps(data, indent=2))
     else:
-        print_environment(info, Console(highlight=False))
+        show(data, Console(highlight=False))
 
 
 def main(argv: list[str] | None = None) -> None:
