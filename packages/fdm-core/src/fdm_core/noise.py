@@ -44,10 +44,6 @@ class StageNoise:
     def __len__(self) -> int:
         return self.seeds.numel()
 
-    def subset(self, index: slice | torch.Tensor) -> StageNoise:
-        """The streams of some samples (same seeds, fresh draw counters)."""
-        return StageNoise(self.seeds[index], self.stage_seeds)
-
     def reset(self) -> None:
         self._draws.clear()
 
