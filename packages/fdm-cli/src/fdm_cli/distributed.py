@@ -84,31 +84,13 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def any_rank(ctx: DistContext, flag: bool) -> bool:
-    """True on every rank if `flag` is true on any rank (so all ranks stop together)."""
-    if not ctx.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def broadcast_float(ctx: DistContext, value: float) -> float:
-    """Rank 0's `value` on every rank."""
-    if not ctx.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
-    dist.broadcast(t, src=0)
-    return float(t.item())
-
-
-def mean_over_ranks(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
-    """The element-wise mean of a small float tensor over all ranks."""
+def sum_over_ranks(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of a small float tensor over all ranks (float64, on the CPU)."""
     if not ctx.enabled:
         return values
     t = values.detach().to(ctx.device, torch.float64).clone()
     dist.all_reduce(t)
-    return (t / ctx.world_size).cpu()
+    return t.cpu()
 
 
 def shard(ctx: DistContext, n: int) -> tuple[int, int]:

@@ -291,8 +291,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, console: Console, show
                  (time.monotonic() - t_start) if main else 0.0, 1.0 if stop_here else 0.0],
                 dtype=torch.float64)
             if ctx.enabled:
-                stats = dist_.mean_over_ranks(ctx, stats) * ctx.world_size
-                stats[:2] /= ctx.world_size
+                stats = dist_.sum_over_ranks(ctx, stats)
+                stats[:2] /= ctx.world_size  # mean loss and gradient norm; the rest are sums
             elapsed, stop_here = float(stats[-2]), bool(stats[-1] > 0)
             sums, cnt = stats[2 : 2 + k], stats[2 + k : 2 + 2 * k]
             stage_means = [float(s / c) if c > 0 else math.nan
