@@ -101,3 +101,95 @@ def test_an_external_transform_is_usable_in_a_process_config(site, monkeypatch):
         assert type(process.transforms[0]).__name__ == "Swirl"
     finally:
         registry.reset_registry()
+
+
+TYPO_HOOK = """
+from fdm_core import hookimpl
+
+
+@hookimpl
+def fdm_register_transform(register):  # misspelled: the hook is fdm_register_transforms
+    register("typo", object)
+"""
+
+WRONG_ARGUMENT = """
+from fdm_core import hookimpl
+
+
+@hookimpl
+def fdm_register_transforms(registry):  # the hook's argument is `register`
+    registry("wrong", object)
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (TYPO_HOOK, "unknown hook 'fdm_register_transform'"),
+        (WRONG_ARGUMENT, r"Argument\(s\) \{'registry'\} are declared in the hookimpl"),
+    ],
+)
+def test_pluggy_rejects_an_invalid_hook_implementation(site, body, message):
+    make_distribution(site, "fdmtest-bad", "fdmtest_bad", body)
+    import fdmtest_bad
+
+    registry = load_registry(load_plugins="")
+    with pytest.raises(
+        PluginError, match=f"fdm plugin 'fdmtest_bad' from 'fdmtest-bad' is invalid: .*{message}"
+    ):
+        registry.register_plugin(fdmtest_bad, "fdmtest-bad", "1.2")
+    assert not registry.pm.has_plugin("fdmtest-bad:fdmtest_bad")
+    registry.pm.check_pending()  # the rejected plugin left nothing behind
+
+    loaded = load_registry()  # through the entry point: reported and skipped
+    (error,) = loaded.errors
+    assert error.distribution == "fdmtest-bad" and "InvalidPluginError" in error.error
+    assert "downsample" in loaded.entries["transform"]
+    assert "fdmtest_bad" not in {module for module, _, _ in loaded.plugins}
+
+
+def test_one_plugin_manager_calls_each_plugins_hooks_with_its_distribution(site):
+    make_distribution(
+        site, "fdmtest-swirl", "fdmtest_swirl", PLUGIN.format(cls="Swirl", name="swirl")
+    )
+    registry = load_registry()
+    names = dict(registry.pm.list_name_plugin())
+    assert {"fdm-core:fdm_core.builtins", "fdm-transforms:fdm_transforms.plugin"} <= set(names)
+    assert names["fdmtest-swirl:fdmtest_swirl"].__name__ == "fdmtest_swirl"
+    assert ("fdmtest_swirl", "fdmtest-swirl", "1.2") in registry.plugins
+    assert registry.get("transform", "swirl").version == "1.2"
+    with pytest.raises(PluginError, match="'fdmtest_swirl' from 'fdmtest-swirl' is registered"):
+        registry.register_plugin(names["fdmtest-swirl:fdmtest_swirl"], "fdmtest-swirl")
+
+
+def test_a_plugin_object_can_be_registered_directly():
+    from fdm_core import hookimpl
+    from fdm_transforms import IdentityTransform
+
+    class Plugin:
+        @hookimpl
+        def fdm_register_transforms(self, register):
+            register("mine", IdentityTransform)
+
+    registry = load_registry(load_plugins="")
+    registry.register_plugin(Plugin(), "my-dist", "3.0")
+    entry = registry.get("transform", "mine")
+    assert (entry.distribution, entry.version) == ("my-dist", "3.0")
+    assert registry.build("transform", {"name": "mine"}).encode is not None
+
+
+def test_a_plugin_author_imports_everything_from_fdm_core():
+    from fdm_core import (  # noqa: F401
+        Boundary,
+        Register,
+        Shape,
+        SignalTransform,
+        TransformConformance,
+        TransformParams,
+        check_transform,
+        hookimpl,
+    )
+    from fdm_core.testing import TransformConformance as Conformance
+    from fdm_core.testing import check_transform as check
+
+    assert (TransformConformance, check_transform) == (Conformance, check)

@@ -9,14 +9,15 @@ from .checkpoint import (
     save_tensors,
 )
 from .config import ComponentSpec, ProcessConfig, SamplerConfig
-from .hookspecs import hookimpl
+from .hookspecs import Register, hookimpl
 from .loss import LossOutput, diffusion_loss, stratified_times
 from .noise import StageNoise
 from .process import FDMProcess, StageBatch
 from .registry import PluginError, Registry, get_registry, load_registry, reset_registry
 from .sampler import SampleOutput, Start, ddim_step, sample, steps_per_stage
 from .schedules import NoiseSchedule, StageSchedule
-from .transform import Boundary, SignalTransform, TransformParams
+from .testing import TransformConformance, check_transform
+from .transform import Boundary, Shape, SignalTransform, TransformParams
 
 __all__ = [
     "Boundary",
@@ -27,16 +28,20 @@ __all__ = [
     "NoiseSchedule",
     "PluginError",
     "ProcessConfig",
+    "Register",
     "Registry",
     "SampleOutput",
     "SamplerConfig",
+    "Shape",
     "SignalTransform",
     "StageBatch",
     "StageNoise",
     "StageSchedule",
     "Start",
+    "TransformConformance",
     "TransformParams",
     "atomic_write",
+    "check_transform",
     "ddim_step",
     "diffusion_loss",
     "get_registry",

@@ -1,15 +1,21 @@
-"""The plugin registry: discovers ``fdm`` entry points with pluggy and collects components.
+"""The plugin registry: discovers ``fdm`` entry points and collects components through pluggy.
 
 Every distribution that exposes the ``fdm`` entry-point group is a plugin, built-ins included
-(fdm-core registers the schedules, fdm-transforms the transforms). External plugins can be
-limited with ``FDM_LOAD_PLUGINS``: a comma-separated list of distribution or entry-point names;
-the empty string loads none. A plugin that fails to import is reported (logged and kept in
-`Registry.errors`) and skipped. Two plugins registering the same name is an error that names
-both distributions.
+(fdm-core registers the schedules, fdm-transforms the transforms). Each `Registry` owns one
+``pluggy.PluginManager`` with the hookspecs of :mod:`fdm_core.hookspecs`; plugins are registered
+into it, so pluggy rejects a hook implementation with an unknown hook name or argument, and the
+hooks are called through it (``pm.subset_hook_caller``, one plugin at a time, so that every
+component is recorded with the distribution that registered it).
+
+External plugins can be limited with ``FDM_LOAD_PLUGINS``: a comma-separated list of distribution
+or entry-point names; the empty string loads none. A plugin that fails to import or that pluggy
+rejects is reported (logged and kept in `Registry.errors`) and skipped. Two plugins registering
+the same name is an error that names both distributions.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -32,8 +38,18 @@ KINDS = {
 }
 
 
+def _plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
 class PluginError(RuntimeError):
     """A plugin conflict (e.g. two plugins registering one name)."""
+
+
+class InvalidPluginError(PluginError):
+    """pluggy rejected a plugin's hook implementations (unknown hook name or argument)."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +74,8 @@ class Registry:
 
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
     errors: list[LoadError] = field(default_factory=list)
-    plugins: list[tuple[str, str, str]] = field(
-        default_factory=list
-    )  # (entry point, dist, version)
+    plugins: list[tuple[str, str, str]] = field(default_factory=list)  # (module, dist, version)
+    pm: pluggy.PluginManager = field(default_factory=_plugin_manager, repr=False)
 
     def add(
         self, kind: str, name: str, factory: Callable[..., Any], dist: str, version: str
@@ -91,21 +106,30 @@ class Registry:
         return self.get(kind, name).factory(**params)
 
     def register_plugin(self, plugin: object, distribution: str, version: str = "0") -> None:
-        """Run one plugin object's hooks into this registry (entry-point discovery uses it too)."""
-        pm = _plugin_manager()
-        pm.register(plugin, name=f"{distribution}:{id(plugin)}")
-        for kind, hook_name in KINDS.items():
-            for impl in getattr(pm.hook, hook_name).get_hookimpls():
-                impl.function(
-                    register=lambda n, f, kind=kind: self.add(kind, n, f, distribution, version)
-                )
-        self.plugins.append((getattr(plugin, "__name__", repr(plugin)), distribution, version))
+        """Register a plugin object (e.g. a module of `hookimpl` functions) and run its hooks."""
+        label = getattr(plugin, "__name__", type(plugin).__name__)
+        name = f"{distribution}:{label}"
+        if self.pm.is_registered(plugin) or self.pm.has_plugin(name):
+            raise PluginError(f"fdm plugin {label!r} from {distribution!r} is registered twice")
+        try:
+            self.pm.register(plugin, name=name)  # checks the arguments of known hooks
+            self.pm.check_pending()  # hook names that no hookspec declares
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            hooks = ", ".join(f"{hook}(register)" for hook in KINDS.values())
+            reason = str(exc).replace("\n", "; ")
+            raise InvalidPluginError(
+                f"fdm plugin {label!r} from {distribution!r} is invalid: {reason} (hooks: {hooks})"
+            ) from None
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        for kind, hook in KINDS.items():
+            call = self.pm.subset_hook_caller(hook, remove_plugins=others)
+            call(register=functools.partial(self.add, kind, dist=distribution, version=version))
+        self.plugins.append((label, distribution, version))
 
-
-def _plugin_manager() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    return pm
+    def _skip(self, plugin: str, distribution: str, exc: Exception) -> None:
+        logger.warning("fdm plugin %r from %s failed to load: %s", plugin, distribution, exc)
+        self.errors.append(LoadError(plugin, distribution, f"{type(exc).__name__}: {exc}"))
 
 
 def _normalize(name: str) -> str:
@@ -140,10 +164,12 @@ def load_registry(load_plugins: str | None = None) -> Registry:
         try:
             plugin = ep.load()
         except Exception as exc:  # a broken plugin must not take the library down
-            logger.warning("fdm plugin %r from %s failed to load: %s", ep.name, dist, exc)
-            registry.errors.append(LoadError(ep.name, dist, f"{type(exc).__name__}: {exc}"))
+            registry._skip(ep.name, dist, exc)
             continue
-        registry.register_plugin(plugin, dist, version)
+        try:
+            registry.register_plugin(plugin, dist, version)
+        except InvalidPluginError as exc:
+            registry._skip(ep.name, dist, exc)
     return registry
 
 
