@@ -116,17 +116,25 @@ def _embedded_images() -> Path:
 # Geometry
 
 
+def fit_mode(height: int, width: int, resolution: int, fit: Fit) -> Literal["pad", "resize"]:
+    """How an image of `height` x `width` is brought to `resolution` (the one fit rule).
+
+    ``auto`` pads when the image is square and at most a quarter smaller than the target
+    (28 -> 32), and resizes otherwise.
+    """
+    if fit != "auto":
+        return fit
+    return "pad" if height == width and 0 <= resolution - height <= height // 4 else "resize"
+
+
 def fit_to_resolution(x: torch.Tensor, resolution: int, fit: Fit = "auto") -> torch.Tensor:
     """Bring float images ``(N, C, H, W)`` in [0, 255] to ``resolution`` square.
 
     ``pad``: centre pad (zeros) or crop; ``resize``: resize the shorter side (antialiased
-    bilinear) and centre crop; ``auto``: pad when the image is square and at most a quarter
-    smaller than the target (28 -> 32), else resize.
+    bilinear) and centre crop; ``auto``: see `fit_mode`.
     """
     h, w = x.shape[-2:]
-    if fit == "auto":
-        fit = "pad" if h == w and 0 <= resolution - h <= h // 4 else "resize"
-    if fit == "resize" and (h, w) != (resolution, resolution):
+    if fit_mode(h, w, resolution, fit) == "resize" and (h, w) != (resolution, resolution):
         scale = resolution / min(h, w)
         size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
@@ -166,10 +174,24 @@ def list_images(directory: Path) -> list[Path]:
     )
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open and decode an image, or raise a UserError naming the file."""
+def _folder_images(directory: Path) -> list[Path]:
+    """`list_images`, or a UserError when there are none."""
+    paths = list_images(directory)
+    if not paths:
+        raise UserError(
+            f"no images found in {directory} (looked recursively for "
+            f"{', '.join(IMAGE_SUFFIXES)}; IDX files must be named *-images-idx3-ubyte[.gz])"
+        )
+    return paths
+
+
+def open_image(path: Path, decode: bool = True) -> Image.Image:
+    """Open and decode an image, or raise a UserError naming the file. With ``decode=False``
+    only the header is read: the (closed) image still tells its mode and size."""
     try:
         with Image.open(path) as im:
+            if not decode:
+                return im
             im.load()
             return im.copy()
     except FileNotFoundError:
@@ -182,7 +204,13 @@ def open_image(path: Path) -> Image.Image:
 
 
 def image_channels(im: Image.Image) -> int:
+    """1 for a grayscale image mode, else 3."""
     return 1 if im.mode in GRAY_MODES else 3
+
+
+def folder_channels(paths: list[Path]) -> int:
+    """1 if every image is grayscale, else 3: the one grayscale rule (image headers only)."""
+    return max(image_channels(open_image(p, decode=False)) for p in paths)
 
 
 def pil_to_tensor(im: Image.Image, channels: int) -> torch.Tensor:
@@ -195,7 +223,7 @@ def pil_to_tensor(im: Image.Image, channels: int) -> torch.Tensor:
 
 def _resize_pil(im: Image.Image, resolution: int, fit: Fit) -> Image.Image:
     w, h = im.size
-    if fit == "pad" or (fit == "auto" and h == w and 0 <= resolution - h <= h // 4):
+    if fit_mode(h, w, resolution, fit) == "pad":
         return im
     scale = resolution / min(w, h)
     size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
@@ -207,15 +235,10 @@ def _resize_pil(im: Image.Image, resolution: int, fit: Fit) -> Image.Image:
 def load_image_folder(
     directory: Path, resolution: int, channels: int | None = None, fit: Fit = "auto"
 ) -> ImageDataset:
-    paths = list_images(directory)
-    if not paths:
-        raise UserError(
-            f"no images found in {directory} (looked recursively for "
-            f"{', '.join(IMAGE_SUFFIXES)}; IDX files must be named *-images-idx3-ubyte[.gz])"
-        )
-    opened = [open_image(p) for p in paths]
+    paths = _folder_images(directory)
     if channels is None:
-        channels = max(image_channels(im) for im in opened)
+        channels = folder_channels(paths)
+    opened = [open_image(p) for p in paths]
     out = torch.empty((len(opened), channels, resolution, resolution), dtype=torch.uint8)
     for i, im in enumerate(opened):
         t = pil_to_tensor(_resize_pil(im, resolution, fit), channels)
@@ -239,15 +262,10 @@ def _idx_dataset(path: Path, resolution: int, channels: int | None, fit: Fit) ->
     return ImageDataset(torch.cat(chunks), str(path))
 
 
-def load_dataset(
-    source: str, resolution: int, channels: int | None = None, fit: Fit = "auto"
-) -> ImageDataset:
-    """Load `source` (see the module docstring) as a uint8 dataset at `resolution`.
-
-    `channels` None follows the data; 1 or 3 converts.
-    """
+def _locate(source: str) -> tuple[Path, bool]:
+    """``(path, is_idx)``: the IDX images file or the image folder that `source` names."""
     if source == EMBEDDED:
-        return _idx_dataset(_embedded_images(), resolution, channels, fit)
+        return _embedded_images(), True
     path = Path(source).expanduser()
     if not path.exists():
         raise UserError(
@@ -256,15 +274,38 @@ def load_dataset(
         )
     if path.is_file():
         if path.name.removesuffix(".gz").endswith("idx3-ubyte"):
-            return _idx_dataset(path, resolution, channels, fit)
+            return path, True
         raise UserError(
             f"data file {path} is not an IDX images file (*-images-idx3-ubyte[.gz]); "
             "pass a directory for a folder of images"
         )
     idx = find_idx_images(path)
-    if idx is not None:
-        return _idx_dataset(idx, resolution, channels, fit)
+    return (idx, True) if idx is not None else (path, False)
+
+
+def load_dataset(
+    source: str, resolution: int, channels: int | None = None, fit: Fit = "auto"
+) -> ImageDataset:
+    """Load `source` (see the module docstring) as a uint8 dataset at `resolution`.
+
+    `channels` None follows the data (`probe_channels`); 1 or 3 converts.
+    """
+    path, is_idx = _locate(source)
+    if is_idx:
+        return _idx_dataset(path, resolution, channels, fit)
     return load_image_folder(path, resolution, channels, fit)
+
+
+def probe_channels(source: str, channels: int | None = None) -> int:
+    """The channel count `load_dataset` produces, reading only headers (for the config).
+
+    `channels` when given; else 1 for IDX files (grayscale by format) and `folder_channels`
+    for a folder of images.
+    """
+    if channels is not None:
+        return channels
+    path, is_idx = _locate(source)
+    return 1 if is_idx else folder_channels(_folder_images(path))
 
 
 class DataOrder:
@@ -301,26 +342,3 @@ class DataOrder:
             position, count = position + k, count - k
         return torch.cat(idx), (torch.cat(flip) if self.hflip else None)
 
-
-def probe_channels(source: str, channels: int | None = None) -> int:
-    """The channel count `load_dataset` will produce, reading only headers (for --dry-run)."""
-    if channels is not None:
-        return channels
-    if source == EMBEDDED:
-        return 1
-    path = Path(source).expanduser()
-    if path.is_dir() and find_idx_images(path) is None:
-        paths = list_images(path)
-        if not paths:
-            return load_image_folder(path, 1).channels  # raises the "no images" error
-        modes = []
-        for p in paths:
-            try:
-                with Image.open(p) as im:
-                    modes.append(image_channels(im))
-            except (UnidentifiedImageError, OSError) as exc:
-                raise UserError(f"cannot read image {p}: {exc}") from None
-        return max(modes)
-    if not path.exists():
-        load_dataset(source, 1)  # raises the "not found" error with the allowed sources
-    return 1

@@ -22,7 +22,7 @@ from PIL import Image
 
 from fdm_core import Start
 
-from .data import open_image, pil_to_tensor
+from .data import image_channels, open_image, pil_to_tensor
 from .errors import UserError
 from .sample import LoadedModel
 
@@ -43,7 +43,8 @@ def _stages_text(model: LoadedModel) -> str:
 
 
 def _is_gray(im: Image.Image) -> bool:
-    if im.mode in ("L", "LA", "1", "I", "I;16", "F"):
+    """A grayscale mode (`image_channels`), or colour channels that are all equal."""
+    if image_channels(im) == 1:
         return True
     rgb = im.convert("RGB")
     r, g, b = rgb.split()
