@@ -37,7 +37,6 @@ def cases() -> dict[str, Callable[[torch.Tensor, str], torch.Tensor]]:
         "blur gaussian k=13": lambda x, b: ops.blur_separable(x, g13, backend=b),
         "downsample_mean x2": lambda x, b: ops.downsample_mean(x, 2, backend=b),
         "upsample_nearest x2": lambda x, b: ops.upsample_nearest(x, 2, backend=b),
-        "upsample_bilinear x2": lambda x, b: ops.upsample_bilinear(x, 2, backend=b),
     }
 
 

@@ -14,8 +14,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from fdm_core import Boundary, SignalTransform, TransformParams
-from fdm_core.transform import Shape
+from fdm_core import Boundary, Shape, SignalTransform, TransformParams
 from fdm_models.ops import blur_separable
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from fdm_core import Boundary, SignalTransform, TransformParams
-from fdm_core.transform import Shape
+from fdm_core import Boundary, Shape, SignalTransform, TransformParams
 from fdm_models.ops import downsample_mean, upsample_nearest
 
 

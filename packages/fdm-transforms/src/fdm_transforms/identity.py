@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from fdm_core import Boundary, SignalTransform
-from fdm_core.transform import Shape
+from fdm_core import Boundary, Shape, SignalTransform
 
 
 class IdentityTransform(SignalTransform):

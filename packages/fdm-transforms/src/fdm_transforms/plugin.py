@@ -3,8 +3,7 @@ entry point and hook a third-party package uses (DESIGN.md §4)."""
 
 from __future__ import annotations
 
-from fdm_core import hookimpl
-from fdm_core.hookspecs import Register
+from fdm_core import Register, hookimpl
 
 from .blur import BlurTransform
 from .downsample import DownsampleTransform

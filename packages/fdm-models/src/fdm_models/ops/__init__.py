@@ -1,6 +1,6 @@
 """Blur and resampling ops used by the transforms and the UNet (DESIGN.md §3, §6).
 
-The four public functions keep the signatures of :mod:`fdm_models.ops.reference` and run the
+The three public functions keep the signatures of :mod:`fdm_models.ops.reference` and run the
 ``fdm::`` custom ops: Triton kernels on CUDA tensors when Triton is importable, the torch
 reference elsewhere. ``backend`` (keyword-only) or the environment variable ``FDM_OPS_BACKEND``
 (``auto`` | ``torch`` | ``triton``) forces a path; the argument wins over the variable.
@@ -18,7 +18,6 @@ from .custom_ops import (
     downsample_mean_op,
     resolve_ops_backend,
     triton_available,
-    upsample_bilinear_op,
     upsample_nearest_op,
 )
 
@@ -40,11 +39,6 @@ def upsample_nearest(x: torch.Tensor, factor: int, *, backend: str | None = None
     return upsample_nearest_op(x, factor, backend or default_ops_backend())
 
 
-def upsample_bilinear(x: torch.Tensor, factor: int, *, backend: str | None = None) -> torch.Tensor:
-    """Bilinear up-sampling by an integer factor, align_corners=False (half-pixel centres)."""
-    return upsample_bilinear_op(x, factor, backend or default_ops_backend())
-
-
 __all__ = [
     "OPS_BACKENDS",
     "OPS_BACKEND_ENV",
@@ -53,6 +47,5 @@ __all__ = [
     "downsample_mean",
     "resolve_ops_backend",
     "triton_available",
-    "upsample_bilinear",
     "upsample_nearest",
 ]

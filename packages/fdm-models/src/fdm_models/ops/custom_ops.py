@@ -8,9 +8,8 @@ works only under the Triton interpreter (``TRITON_INTERPRET=1``, used by the tes
 
 Every op has a fake (meta) implementation and an autograd formula (DESIGN.md §6): the backward
 of mean down-sampling is nearest up-sampling / factor², that of nearest up-sampling is
-down-sampling * factor², the blur backward is its exact adjoint (transposed convolutions, then
-the adjoint of reflect padding), and bilinear up-sampling, being separable (y = A_h x A_w^T), has
-the adjoint A_h^T g A_w.
+down-sampling * factor², and the blur backward is its exact adjoint (transposed convolutions, then
+the adjoint of reflect padding).
 """
 
 from __future__ import annotations
@@ -114,9 +113,9 @@ def _check_downsample(x: torch.Tensor, factor: int) -> None:
         )
 
 
-def _check_upsample(x: torch.Tensor, factor: int, name: str) -> None:
-    _check_image(x, name)
-    _check_factor(factor, name)
+def _check_upsample(x: torch.Tensor, factor: int) -> None:
+    _check_image(x, "upsample_nearest")
+    _check_factor(factor, "upsample_nearest")
 
 
 # --- blur -------------------------------------------------------------------------------------
@@ -199,15 +198,15 @@ def _(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
 @torch.library.custom_op("fdm::upsample_nearest", mutates_args=())
 def upsample_nearest_op(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
     """Repeat every pixel into a factor x factor block."""
-    _check_upsample(x, factor, "upsample_nearest")
+    _check_upsample(x, factor)
     if resolve_ops_backend(backend, x.device) == "triton":
-        return _kernels().upsample(x, factor, bilinear=False)
+        return _kernels().upsample_nearest(x, factor)
     return reference.upsample_nearest(x, factor).contiguous()
 
 
 @upsample_nearest_op.register_fake
 def _(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
-    _check_upsample(x, factor, "upsample_nearest")
+    _check_upsample(x, factor)
     return x.new_empty((*x.shape[:2], x.shape[2] * factor, x.shape[3] * factor))
 
 
@@ -232,52 +231,3 @@ upsample_nearest_op.register_autograd(
     _upsample_nearest_backward, setup_context=_resample_setup_context
 )
 
-
-# --- bilinear up-sampling ---------------------------------------------------------------------
-
-
-@torch.library.custom_op("fdm::upsample_bilinear", mutates_args=())
-def upsample_bilinear_op(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
-    """Bilinear up-sampling by an integer factor, align_corners=False."""
-    _check_upsample(x, factor, "upsample_bilinear")
-    if resolve_ops_backend(backend, x.device) == "triton":
-        return _kernels().upsample(x, factor, bilinear=True)
-    return reference.upsample_bilinear(x, factor).contiguous()
-
-
-@upsample_bilinear_op.register_fake
-def _(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
-    _check_upsample(x, factor, "upsample_bilinear")
-    return x.new_empty((*x.shape[:2], x.shape[2] * factor, x.shape[3] * factor))
-
-
-def _bilinear_matrix(size: int, factor: int, like: torch.Tensor) -> torch.Tensor:
-    """The (size * factor, size) matrix of 1-D linear interpolation, half-pixel centres."""
-    dtype = torch.promote_types(like.dtype, torch.float32)
-    rows = torch.arange(size * factor, device=like.device)
-    src = ((rows.to(dtype) + 0.5) / factor - 0.5).clamp(min=0)
-    low = src.floor().long().clamp(max=size - 1)
-    high = (low + 1).clamp(max=size - 1)
-    frac = (src - low).to(like.dtype)
-    matrix = torch.zeros(size * factor, size, dtype=like.dtype, device=like.device)
-    matrix = matrix.index_put((rows, low), 1 - frac, accumulate=True)
-    return matrix.index_put((rows, high), frac, accumulate=True)
-
-
-def _bilinear_setup_context(ctx, inputs, output) -> None:
-    x, factor, _ = inputs
-    ctx.factor = factor
-    ctx.size = (x.shape[-2], x.shape[-1])
-
-
-def _upsample_bilinear_backward(ctx, grad: torch.Tensor):
-    """Bilinear up-sampling is separable, y = A_h x A_w^T, so the adjoint is A_h^T g A_w."""
-    height, width = ctx.size
-    rows = _bilinear_matrix(height, ctx.factor, grad)
-    cols = _bilinear_matrix(width, ctx.factor, grad)
-    return rows.transpose(0, 1) @ grad @ cols, None, None
-
-
-upsample_bilinear_op.register_autograd(
-    _upsample_bilinear_backward, setup_context=_bilinear_setup_context
-)

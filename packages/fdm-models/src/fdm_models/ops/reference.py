@@ -1,8 +1,8 @@
 """Torch reference implementations of the blur and resampling ops.
 
 These define the semantics the Triton kernels must match exactly: separable blur with a 1-D
-kernel of odd length and reflect padding, mean down-sampling by an integer factor, nearest and
-bilinear (align_corners=False) up-sampling by an integer factor. Inputs are (B, C, H, W).
+kernel of odd length and reflect padding, mean down-sampling by an integer factor, nearest
+up-sampling by an integer factor. Inputs are (B, C, H, W).
 """
 
 from __future__ import annotations
@@ -30,7 +30,3 @@ def upsample_nearest(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Repeat every pixel into a factor x factor block."""
     return x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
-
-def upsample_bilinear(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Bilinear up-sampling by an integer factor, align_corners=False (half-pixel centres)."""
-    return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)

@@ -76,12 +76,12 @@ def _downsample_mean_kernel(
 
 
 @triton.jit
-def _upsample_kernel(
+def _upsample_nearest_kernel(
     src_ptr, dst_ptr, C, H, W,
     s_b, s_c, s_h, s_w, d_b, d_c, d_h, d_w,
-    FACTOR: tl.constexpr, BILINEAR: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    FACTOR: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):  # fmt: skip
-    """Nearest or bilinear (align_corners=False) up-sampling; one program per output tile."""
+    """Nearest up-sampling: every pixel into a FACTOR x FACTOR block; one program per tile."""
     pid_bc = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     cols = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
@@ -89,26 +89,8 @@ def _upsample_kernel(
     b = pid_bc // C
     c = pid_bc % C
     src = src_ptr + b * s_b + c * s_c
-    if BILINEAR:
-        # Half-pixel centres, source index clamped at 0, as in aten's upsample_bilinear2d.
-        src_r = tl.maximum((rows.to(tl.float32) + 0.5) * (1.0 / FACTOR) - 0.5, 0.0)
-        src_c = tl.maximum((cols.to(tl.float32) + 0.5) * (1.0 / FACTOR) - 0.5, 0.0)
-        r0 = tl.minimum(src_r.to(tl.int32), H - 1)
-        c0 = tl.minimum(src_c.to(tl.int32), W - 1)
-        r1 = tl.minimum(r0 + 1, H - 1)
-        c1 = tl.minimum(c0 + 1, W - 1)
-        lr = (src_r - r0.to(tl.float32))[:, None]
-        lc = (src_c - c0.to(tl.float32))[None, :]
-        v00 = tl.load(src + r0[:, None] * s_h + c0[None, :] * s_w, mask=mask, other=0.0)
-        v01 = tl.load(src + r0[:, None] * s_h + c1[None, :] * s_w, mask=mask, other=0.0)
-        v10 = tl.load(src + r1[:, None] * s_h + c0[None, :] * s_w, mask=mask, other=0.0)
-        v11 = tl.load(src + r1[:, None] * s_h + c1[None, :] * s_w, mask=mask, other=0.0)
-        top = (1.0 - lc) * v00.to(tl.float32) + lc * v01.to(tl.float32)
-        bottom = (1.0 - lc) * v10.to(tl.float32) + lc * v11.to(tl.float32)
-        out = (1.0 - lr) * top + lr * bottom
-    else:
-        offsets = (rows // FACTOR)[:, None] * s_h + (cols // FACTOR)[None, :] * s_w
-        out = tl.load(src + offsets, mask=mask, other=0.0)
+    offsets = (rows // FACTOR)[:, None] * s_h + (cols // FACTOR)[None, :] * s_w
+    out = tl.load(src + offsets, mask=mask, other=0.0)
     dst = dst_ptr + b * d_b + c * d_c + rows[:, None] * d_h + cols[None, :] * d_w
     tl.store(dst, out.to(dst_ptr.dtype.element_ty), mask=mask)
 
@@ -146,14 +128,14 @@ def downsample_mean(x: torch.Tensor, factor: int) -> torch.Tensor:
     return out
 
 
-def upsample(x: torch.Tensor, factor: int, bilinear: bool) -> torch.Tensor:
-    """Nearest (bilinear=False) or bilinear up-sampling by an integer factor."""
+def upsample_nearest(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Repeat every pixel into a factor x factor block."""
     batch, channels, height, width = x.shape
     out = torch.empty(
         (batch, channels, height * factor, width * factor), device=x.device, dtype=x.dtype
     )
-    _upsample_kernel[_grid(x, out.shape[2], out.shape[3])](
+    _upsample_nearest_kernel[_grid(x, out.shape[2], out.shape[3])](
         x, out, channels, height, width, *x.stride(), *out.stride(),
-        FACTOR=factor, BILINEAR=bilinear, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W,
+        FACTOR=factor, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W,
     )  # fmt: skip
     return out
