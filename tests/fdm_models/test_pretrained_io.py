@@ -51,12 +51,6 @@ def test_round_trip_gives_identical_outputs(model: MultiStageUNet, tmp_path: Pat
     assert config["unet"] == json.loads(model.config.model_dump_json())
 
 
-def test_load_with_dtype(model: MultiStageUNet, tmp_path: Path) -> None:
-    save_pretrained(model, tmp_path)
-    loaded = from_pretrained(tmp_path, dtype=torch.float64)
-    assert {p.dtype for p in loaded.parameters()} == {torch.float64}
-
-
 def test_config_not_matching_weights(model: MultiStageUNet, tmp_path: Path) -> None:
     save_pretrained(model, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

@@ -17,11 +17,12 @@ from .attention import dot_product_attention
 from .ops import upsample_nearest
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal features (cos | sin) of 1000 t for t in [0, 1], shape (B, dim)."""
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features (cos | sin) of 1000 t for t in [0, 1], shape (B, dim); periods up to
+    10000."""
     half = dim // 2
     freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+        -math.log(10_000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half
     )
     args = 1000.0 * t.float()[:, None] * freqs[None, :]
     features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

@@ -8,9 +8,7 @@ so early averages are not dominated by the random initialisation. Buffers are co
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -75,20 +73,6 @@ class EMA:
         averaged = copy.deepcopy(unwrap_model(model))
         self.copy_to(averaged)
         return averaged.eval()
-
-    @contextlib.contextmanager
-    def swapped_into(self, model: nn.Module) -> Iterator[nn.Module]:
-        """Temporarily load the shadow weights into ``model``; the originals come back after."""
-        target = unwrap_model(model)
-        backup = {name: target.state_dict()[name].detach().clone() for name in self.shadow}
-        self.copy_to(target)
-        try:
-            yield target
-        finally:
-            with torch.no_grad():
-                state = target.state_dict()
-                for name, value in backup.items():
-                    state[name].copy_(value)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat tensors (safetensors-friendly): ``shadow.<name>``, ``step`` and ``decay``."""

@@ -106,7 +106,6 @@ def _check_weights(model: MultiStageUNet, tensors: dict[str, torch.Tensor], sour
 def from_pretrained(
     directory: str | os.PathLike[str],
     device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
 ) -> MultiStageUNet:
     """Build the UNet from ``config.json`` and load ``model.safetensors`` into it (eval mode).
 
@@ -122,5 +121,5 @@ def from_pretrained(
     model = MultiStageUNet(config)
     _check_weights(model, tensors, weights)
     model.load_state_dict(tensors)
-    model.to(device=device, dtype=dtype)
+    model.to(device)
     return model.eval()
