@@ -11,7 +11,9 @@ marked with `hookimpl`::
         register("my_transform", MyTransform)
 
 `register(name, factory)` takes a name and a class (or callable) that builds the component from
-its validated keyword parameters.
+its validated keyword parameters. pluggy checks every implementation against these specs when the
+plugin is registered: a misspelled hook name or an argument other than ``register`` makes the
+plugin invalid (`InvalidPluginError`; on discovery it is reported by ``fdm plugins`` and skipped).
 """
 
 from __future__ import annotations
