@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fdm_core import SamplerConfig, StageNoise, Start, sample
+from fdm_core import SamplerConfig, StageNoise, Start, diffusion_loss, sample
 
 from .helpers import make_process
 
@@ -72,7 +72,7 @@ def _compute(name: str, case: str) -> dict:
     net = GoldenNet()
     if case == "loss":
         generator = torch.Generator().manual_seed(3)
-        out = process.loss(net, _data(8), generator=generator)
+        out = diffusion_loss(process, net, _data(8), generator=generator)
         per_stage = [out.per_stage[k] for k in sorted(out.per_stage)]
         return {"loss": float(out.loss), "per_stage": per_stage}
     eta = {"ddim": 0.0, "ddpm": 1.0, "start": 0.5}[case]

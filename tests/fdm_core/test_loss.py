@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fdm_core import stratified_times
+from fdm_core import diffusion_loss, stratified_times
 
 from .helpers import make_process, oracle
 
@@ -55,9 +55,9 @@ def test_v_target_is_v_prediction_at_the_stage_start():
 def test_oracle_has_zero_loss_and_gradients_reach_every_stage(parameterization):
     process = make_process(DS3, parameterization=parameterization)
     x = torch.randn(1, 1, 8, 8)
-    assert float(process.loss(oracle(process, x), x.expand(6, -1, -1, -1)).loss) < 1e-8
+    assert float(diffusion_loss(process, oracle(process, x), x.expand(6, -1, -1, -1)).loss) < 1e-8
     scale = torch.nn.Parameter(torch.ones(3))
-    out = process.loss(lambda z, t, k: scale[k] * z, torch.randn(6, 1, 8, 8))
+    out = diffusion_loss(process, lambda z, t, k: scale[k] * z, torch.randn(6, 1, 8, 8))
     out.loss.backward()
     assert (scale.grad != 0).all() and set(out.per_stage) == {0, 1, 2}
 
@@ -67,7 +67,7 @@ def test_x0_weightings(weighting):
     process = make_process(DS3, parameterization="x0", weighting=weighting, min_snr_gamma=5.0)
     x = torch.zeros(3, 1, 8, 8)
     t = torch.tensor([0.05, 0.5, 0.95])
-    out = process.loss(lambda z, tt, k: torch.ones_like(z), x, t=t)
+    out = diffusion_loss(process, lambda z, tt, k: torch.ones_like(z), x, t=t)
     from fdm_core.loss import loss_weight
 
     snr = torch.stack(

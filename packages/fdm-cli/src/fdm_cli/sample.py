@@ -15,7 +15,6 @@ drawn from `StageNoise` seeded ``seed + i``, so images do not depend on the batc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,31 +113,36 @@ def parse_stage_seeds(text: str | None, num_stages: int) -> dict[int, int]:
 @dataclass
 class Samples:
     x: torch.Tensor  # (N, C, H, W) in data space, on the CPU
-    stage_predictions: list[torch.Tensor]  # per stage k: xhat^k (N, *stage_shapes[k])
+    stage_predictions: list[torch.Tensor]  # xhat^k at the end of stage k, for each stage sampled
 
 
 def generate(model: LoadedModel, indices: range, seed: int, sampler: SamplerConfig,
              stage_seeds: dict[int, int] | None = None, batch_size: int = 64,
-             device: torch.device | str = "cpu", start: Start | None = None,
-             on_batch: Callable[[int], None] | None = None) -> Samples:
-    """Samples number `indices` (noise seed ``seed + i``), `batch_size` at a time.
+             device: torch.device | str = "cpu", start: Start | None = None) -> Samples:
+    """Samples number `indices` (noise seed ``seed + i``), `batch_size` at a time, with each
+    stage's last clean prediction (for the stage strip).
 
     With `start` (its signal holds one row per index), sampling is conditioned on it.
     """
     xs: list[torch.Tensor] = []
     preds: list[list[torch.Tensor]] = []
     lo = indices.start
+    stage_end: dict[int, torch.Tensor] = {}
+
+    def keep_last(stage: int, t: float, z: torch.Tensor, clean: torch.Tensor) -> None:
+        stage_end[stage] = clean
+
     for first in range(indices.start, indices.stop, batch_size):
         last = min(indices.stop, first + batch_size)
         noise = StageNoise(seeds=torch.arange(seed + first, seed + last), stage_seeds=stage_seeds)
         part = None
         if start is not None:
             part = Start(start.stage, start.signal[first - lo : last - lo].to(device), start.t)
-        out = sample(model.process, model.unet, sampler, noise=noise, start=part, device=device)
+        stage_end.clear()
+        out = sample(model.process, model.unet, sampler, noise=noise, start=part, device=device,
+                     callback=keep_last)
         xs.append(out.x.float().cpu())
-        preds.append([p.float().cpu() for p in out.stage_predictions])
-        if on_batch is not None:
-            on_batch(last - first)
+        preds.append([stage_end[k].float().cpu() for k in sorted(stage_end)])
     if not xs:
         stages = model.process.stage_shapes
         return Samples(torch.empty(0, *stages[0]), [torch.empty(0, *s) for s in stages])

@@ -9,7 +9,7 @@ Exact commands::
     torchrun --nproc_per_node 2 -m fdm_cli train --max-steps 2000 --out runs/ddp
 
 Each step: a batch at stream position p (a pure function of seed and p, see `fdm_cli.data`),
-noise and t from a generator seeded by (seed, step, rank), `process.loss` (t stratified so every
+noise and t from a generator seeded by (seed, step, rank), `diffusion_loss` (t stratified so every
 stage appears), AdamW with warm-up, gradient clipping, then an EMA update. Every
 ``train.checkpoint_every`` steps rank 0 writes a checkpoint, a sample grid and a stage strip.
 SIGINT/SIGTERM finish the current step, write a checkpoint and stop (continue with --resume).
@@ -31,7 +31,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from fdm_core import FDMProcess
+from fdm_core import FDMProcess, diffusion_loss
 from fdm_models import EMA, MultiStageUNet, save_pretrained
 
 from . import checkpointing as ckpt
@@ -56,7 +56,7 @@ class TrainResult:
 
 
 class LossModule(nn.Module):
-    """Wraps ``process.loss`` so DDP sees one forward per step however many stage groups run."""
+    """Wraps ``diffusion_loss`` so DDP sees one forward per step however many stage groups run."""
 
     def __init__(self, process: FDMProcess, unet: MultiStageUNet) -> None:
         super().__init__()
@@ -64,7 +64,7 @@ class LossModule(nn.Module):
         self.unet = unet
 
     def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, list]:
-        out = self.process.loss(self.unet, x, generator=generator)
+        out = diffusion_loss(self.process, self.unet, x, generator=generator)
         k = self.process.num_stages
         per_stage = [out.per_stage.get(s, math.nan) for s in range(k)]
         counts = [out.counts.get(s, 0) for s in range(k)]

@@ -12,17 +12,19 @@ from .config import ComponentSpec, ProcessConfig, SamplerConfig
 from .hookspecs import Register, hookimpl
 from .loss import LossOutput, diffusion_loss, stratified_times
 from .noise import StageNoise
-from .process import FDMProcess, StageBatch
+from .process import Denoiser, FDMProcess, StageBatch
 from .registry import PluginError, Registry, get_registry, load_registry, reset_registry
-from .sampler import SampleOutput, Start, ddim_step, sample, steps_per_stage
+from .sampler import Callback, SampleOutput, Start, ddim_step, sample, steps_per_stage
 from .schedules import NoiseSchedule, StageSchedule
 from .testing import TransformConformance, check_transform
 from .transform import Boundary, Shape, SignalTransform, TransformParams
 
 __all__ = [
     "Boundary",
+    "Callback",
     "CheckpointError",
     "ComponentSpec",
+    "Denoiser",
     "FDMProcess",
     "LossOutput",
     "NoiseSchedule",

@@ -9,7 +9,7 @@ Validate against another registry than the default with
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -21,6 +21,8 @@ from pydantic import (
 )
 
 from .registry import Registry, get_registry
+from .schedules import NoiseSchedule, StageSchedule
+from .transform import Shape, SignalTransform
 
 
 class ComponentSpec(BaseModel):
@@ -89,9 +91,18 @@ class ProcessConfig(BaseModel):
         return self
 
 
-def resolve_components(config: ProcessConfig, registry: Registry) -> tuple[list, Any, Any, list]:
-    """Build transforms and schedules, check the shape chain; returns (transforms, noise, stage,
-    stage_shapes). Raises ValueError naming the offending field."""
+class Components(NamedTuple):
+    """The built pieces of a `ProcessConfig`."""
+
+    transforms: list[SignalTransform]  # f_1..f_K
+    noise_schedule: NoiseSchedule
+    stage_schedule: StageSchedule
+    stage_shapes: list[Shape]  # per-sample shapes of x^0..x^K
+
+
+def resolve_components(config: ProcessConfig, registry: Registry) -> Components:
+    """Build transforms and schedules and check the shape chain. Raises ValueError naming the
+    offending field."""
     transforms = []
     shape = (config.channels, config.resolution, config.resolution)
     shapes = [shape]
@@ -111,7 +122,7 @@ def resolve_components(config: ProcessConfig, registry: Registry) -> tuple[list,
         stage.boundaries(len(transforms) + 1)
     except ValueError as exc:
         raise ValueError(f"stage_schedule: {exc}") from None
-    return transforms, noise, stage, shapes
+    return Components(transforms, noise, stage, shapes)
 
 
 def _build(registry: Registry, kind: str, spec: ComponentSpec, field: str) -> Any:

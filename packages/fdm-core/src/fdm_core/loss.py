@@ -9,15 +9,11 @@ estimate of E_{t ~ U(0, 1)}. The batch is split by stage and each group runs at 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
-from .process import FDMProcess
-
-
-class Denoiser(Protocol):
-    def __call__(self, z: torch.Tensor, t: torch.Tensor, stage: int) -> torch.Tensor: ...
+from .process import Denoiser, FDMProcess
+from .schedules import apportion
 
 
 @dataclass
@@ -27,21 +23,6 @@ class LossOutput:
     counts: dict[int, int] = field(default_factory=dict)
 
 
-def stage_counts(process: FDMProcess, batch: int) -> list[int]:
-    """Samples per stage: one each (if the batch allows), the rest by largest remainder of L_k."""
-    lengths = [process.stage_length(k) for k in range(process.num_stages)]
-    base = 1 if batch >= process.num_stages else 0
-    spare = batch - base * process.num_stages
-    shares = [spare * length for length in lengths]
-    counts = [base + int(s) for s in shares]
-    by_remainder = sorted(
-        range(len(shares)), key=lambda k: shares[k] - int(shares[k]), reverse=True
-    )
-    for k in by_remainder[: batch - sum(counts)]:
-        counts[k] += 1
-    return counts
-
-
 def stratified_times(
     process: FDMProcess,
     batch: int,
@@ -49,15 +30,15 @@ def stratified_times(
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified t (B,) and importance weights (B,) that make the estimate unbiased."""
-    counts = stage_counts(process, batch)
     if batch < process.num_stages:  # too few samples to cover every stage: plain stratification
         u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
         return (torch.arange(batch, device=device) + u) / batch, torch.ones(batch, device=device)
+    counts = apportion(batch, process.stage_lengths, minimum=1)
     times, weights = [], []
     for k, n in enumerate(counts):
         if n == 0:
             continue
-        lo, length = process.boundaries[k], process.stage_length(k)
+        lo, length = process.boundaries[k], process.stage_lengths[k]
         u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
         times.append(lo + length * (torch.arange(n, device=device) + u) / n)
         weights.append(torch.full((n,), length * batch / n, device=device))

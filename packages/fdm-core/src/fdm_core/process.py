@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import pairwise
+from typing import Protocol
 
 import torch
 
@@ -22,8 +24,15 @@ from .registry import Registry, get_registry
 from .transform import Boundary, SignalTransform
 
 
-def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast a (B,) tensor over the trailing dims of `like`."""
+class Denoiser(Protocol):
+    """The network F(z_t, t, k): a stage-k batch z (B, *stage_shapes[k]), times t (B,) and the
+    stage index; returns a tensor shaped like z, read through `FDMProcess.predict_clean`."""
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor, stage: int) -> torch.Tensor: ...
+
+
+def per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a (B,) tensor over the trailing dims of `like`, in `like`'s dtype."""
     return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
 
@@ -46,11 +55,13 @@ class FDMProcess:
     def __init__(self, config: ProcessConfig, registry: Registry | None = None) -> None:
         self.config = config
         components = resolve_components(config, registry or get_registry())
-        self.transforms: list[SignalTransform] = components[0]
-        self.noise_schedule, self.stage_schedule = components[1], components[2]
-        self.stage_shapes: list[tuple[int, ...]] = components[3]
+        self.transforms: list[SignalTransform] = components.transforms
+        self.noise_schedule = components.noise_schedule
+        self.stage_schedule = components.stage_schedule
+        self.stage_shapes: list[tuple[int, ...]] = components.stage_shapes
         self.num_stages = len(self.transforms) + 1
         self.boundaries: list[float] = [0.0, *self.stage_schedule.boundaries(self.num_stages), 1.0]
+        self.stage_lengths: list[float] = [hi - lo for lo, hi in pairwise(self.boundaries)]
         dims = [math.prod(s) for s in self.stage_shapes]
         self.logsnr_offsets = [config.gamma * math.log(dims[0] / d) for d in dims]
 
@@ -60,14 +71,11 @@ class FDMProcess:
         inner = torch.tensor(self.boundaries[1:-1], dtype=t.dtype, device=t.device)
         return torch.bucketize(t, inner, right=True)
 
-    def stage_length(self, k: int) -> float:
-        return self.boundaries[k + 1] - self.boundaries[k]
-
     def delta(self, t: torch.Tensor, k: int) -> torch.Tensor:
         """Interpolation weight delta_t in [0, 1] inside stage k; 0 in stage K or with it off."""
         if k == self.num_stages - 1 or not self.config.interpolation:
             return torch.zeros_like(t)
-        return ((t - self.boundaries[k]) / self.stage_length(k)).clamp(0.0, 1.0)
+        return ((t - self.boundaries[k]) / self.stage_lengths[k]).clamp(0.0, 1.0)
 
     def logsnr(self, t: torch.Tensor, k: int) -> torch.Tensor:
         """lambda_k(t) = lambda(t) + gamma log(d_0 / d_k)."""
@@ -97,7 +105,7 @@ class FDMProcess:
         if not bool((delta > 0).any()):
             return xk
         transform = self.transforms[k]
-        return xk + _per_sample(delta, xk) * (transform.decode(transform.encode(xk)) - xk)
+        return xk + per_sample(delta, xk) * (transform.decode(transform.encode(xk)) - xk)
 
     def q_sample(
         self, x_stage: torch.Tensor, t: torch.Tensor, k: int, eps: torch.Tensor
@@ -105,7 +113,7 @@ class FDMProcess:
         """z_t = alpha_t M_t x^k + sigma_t eps for stage-k signals."""
         alpha, sigma = self.alpha_sigma(t, k)
         return (
-            _per_sample(alpha, x_stage) * self.mean(x_stage, t, k) + _per_sample(sigma, eps) * eps
+            per_sample(alpha, x_stage) * self.mean(x_stage, t, k) + per_sample(sigma, eps) * eps
         )
 
     # -- parameterization -------------------------------------------------------------------------
@@ -123,7 +131,7 @@ class FDMProcess:
         if kind == "eps":
             return eps
         alpha, sigma = self.alpha_sigma(t, k)
-        return (_per_sample(alpha, z) * z - x_stage) / _per_sample(sigma, z)
+        return (per_sample(alpha, z) * z - x_stage) / per_sample(sigma, z)
 
     def predict_clean(
         self, output: torch.Tensor, z: torch.Tensor, t: torch.Tensor, k: int
@@ -133,7 +141,7 @@ class FDMProcess:
         if kind == "x0":
             return output
         alpha, sigma = self.alpha_sigma(t, k)
-        a, s = _per_sample(alpha, z), _per_sample(sigma, z)
+        a, s = per_sample(alpha, z), per_sample(sigma, z)
         if kind == "eps":
             return (z - s * output) / a
         return a * z - s * output
@@ -188,16 +196,3 @@ class FDMProcess:
         if clean_next is None:
             raise ValueError("a renoise boundary needs the clean prediction of the next stage")
         return alpha * transform.decode(clean_next) + sigma * xi
-
-    # -- training -----------------------------------------------------------------------------
-    def loss(
-        self,
-        model,
-        x: torch.Tensor,
-        t: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ):
-        """The training loss over a data batch x; see `fdm_core.loss.diffusion_loss`."""
-        from .loss import diffusion_loss
-
-        return diffusion_loss(self, model, x, t, generator)

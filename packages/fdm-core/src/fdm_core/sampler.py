@@ -21,9 +21,13 @@ from itertools import pairwise
 import torch
 
 from .config import SamplerConfig
-from .loss import Denoiser
 from .noise import StageNoise
-from .process import FDMProcess, _per_sample
+from .process import Denoiser, FDMProcess, per_sample
+from .schedules import apportion
+
+Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
+"""``callback(stage, t, z, clean)``: after each step, stage k, the time t that z has reached,
+z_t, and the clean prediction xhat^k that made the step."""
 
 
 @dataclass
@@ -40,29 +44,23 @@ class Start:
 class SampleOutput:
     x: torch.Tensor  # the final clean prediction xhat^0, in data space
     z: torch.Tensor  # the final noisy state z_0 (stage 0, t = 0)
-    stage_predictions: list[torch.Tensor]  # xhat^k at the end of each stage k (stage-k shape)
 
 
 def steps_per_stage(process: FDMProcess, config: SamplerConfig) -> list[int]:
     """Steps for stages 0..K: explicit, or `config.steps` split by stage length (>= 1 each)."""
-    if config.steps_per_stage is not None:
-        if len(config.steps_per_stage) != process.num_stages:
-            raise ValueError(
-                f"steps_per_stage has {len(config.steps_per_stage)} entries; the process has "
-                f"{process.num_stages} stages"
-            )
-        return list(config.steps_per_stage)
-    shares = [config.steps * process.stage_length(k) for k in range(process.num_stages)]
-    counts = [max(1, int(s)) for s in shares]
-    order = sorted(range(len(shares)), key=lambda k: shares[k] - int(shares[k]), reverse=True)
-    for k in order[: max(0, config.steps - sum(counts))]:
-        counts[k] += 1
-    return counts
+    if config.steps_per_stage is None:
+        return apportion(config.steps, process.stage_lengths, minimum=1)
+    if len(config.steps_per_stage) != process.num_stages:
+        raise ValueError(
+            f"steps_per_stage has {len(config.steps_per_stage)} entries; the process has "
+            f"{process.num_stages} stages"
+        )
+    return list(config.steps_per_stage)
 
 
 def stage_grid(process: FDMProcess, k: int, start: float, steps: int) -> list[float]:
     """Times from `start` down to tau_k inside stage k, uniform with the stage's step size."""
-    lo, length = process.boundaries[k], process.stage_length(k)
+    lo, length = process.boundaries[k], process.stage_lengths[k]
     n = round(steps * (start - lo) / length)
     if start > lo:
         n = max(1, n)
@@ -85,13 +83,48 @@ def ddim_step(
     alpha_t, sigma_t = process.alpha_sigma(tt, k)
     alpha_s, sigma_s = process.alpha_sigma(ss, k)
     mean_t, mean_s = process.mean(clean, tt, k), process.mean(clean, ss, k)
-    eps = (z - _per_sample(alpha_t, z) * mean_t) / _per_sample(sigma_t, z)
+    eps = (z - per_sample(alpha_t, z) * mean_t) / per_sample(sigma_t, z)
     c = eta * (sigma_s / sigma_t) * (1.0 - alpha_t**2 / alpha_s**2).clamp_min(0.0).sqrt()
-    z_s = _per_sample(alpha_s, z) * mean_s
-    z_s = z_s + _per_sample((sigma_s**2 - c**2).clamp_min(0.0).sqrt(), z) * eps
+    z_s = per_sample(alpha_s, z) * mean_s
+    z_s = z_s + per_sample((sigma_s**2 - c**2).clamp_min(0.0).sqrt(), z) * eps
     if eta > 0:
-        z_s = z_s + _per_sample(c, z) * xi
+        z_s = z_s + per_sample(c, z) * xi
     return z_s
+
+
+def denoise(
+    process: FDMProcess, model: Denoiser, z: torch.Tensor, t: float, k: int, clip: float | None
+) -> torch.Tensor:
+    """The network's clean prediction xhat^k at (z_t, t) in stage k, clamped to +-clip."""
+    tt = torch.full((z.shape[0],), t, dtype=torch.float32, device=z.device)
+    clean = process.predict_clean(model(z, tt, k).float(), z, tt, k)
+    return clean if clip is None else clean.clamp(-clip, clip)
+
+
+def initial_state(
+    process: FDMProcess,
+    draw: Callable[[int], torch.Tensor],
+    start: Start | None,
+    device: torch.device | str,
+) -> tuple[int, float, torch.Tensor, torch.Tensor | None]:
+    """(stage, t, z, clean): pure noise z = sigma_K(1) xi at t = 1 of stage K, or z = alpha_t M_t
+    y + sigma_t xi from the start signal y (which then stands as the clean prediction)."""
+    if start is None:
+        k = process.num_stages - 1
+        sigma = float(process.alpha_sigma(torch.ones(1, dtype=torch.float64), k)[1])
+        return k, 1.0, sigma * draw(k), None
+    k, signal = start.stage, start.signal.to(device=device, dtype=torch.float32)
+    t = process.boundaries[k] if start.t is None else float(start.t)
+    if not process.boundaries[k] <= t <= process.boundaries[k + 1]:
+        raise ValueError(
+            f"start t={t} is outside stage {k}, which spans "
+            f"[{process.boundaries[k]}, {process.boundaries[k + 1]}]"
+        )
+    tt = torch.full((signal.shape[0],), t, dtype=torch.float64, device=device)
+    alpha, sigma = process.alpha_sigma(tt, k)
+    xi = draw(k)
+    z = per_sample(alpha, signal) * process.mean(signal, tt, k) + per_sample(sigma, signal) * xi
+    return k, t, z, signal
 
 
 @torch.no_grad()
@@ -102,57 +135,23 @@ def sample(
     noise: StageNoise,
     start: Start | None = None,
     device: torch.device | str = "cpu",
-    on_step: Callable[[int, int], None] | None = None,
+    callback: Callback | None = None,
 ) -> SampleOutput:
-    """Generate len(noise) samples, or condition on `start`.
-
-    `on_step(done, total)` is called after every network evaluation.
-    """
-    noise.reset()
-    counts = steps_per_stage(process, config)
-    top = process.num_stages - 1
-    batch = len(noise)
+    """Generate len(noise) samples, or condition on `start`; `callback` sees every step."""
 
     def draw(k: int) -> torch.Tensor:
         return noise.draw(k, process.stage_shapes[k], device=device)
 
-    if start is None:
-        k, t0 = top, 1.0
-        sigma = process.alpha_sigma(torch.ones(1, dtype=torch.float64), k)[1]
-        z = float(sigma) * draw(k)
-        clean = None
-    else:
-        k, clean = start.stage, start.signal.to(device=device, dtype=torch.float32)
-        t0 = process.boundaries[k] if start.t is None else float(start.t)
-        if not process.boundaries[k] <= t0 <= process.boundaries[k + 1]:
-            raise ValueError(
-                f"start t={t0} is outside stage {k}, which spans "
-                f"[{process.boundaries[k]}, {process.boundaries[k + 1]}]"
-            )
-        tt = torch.full((batch,), t0, dtype=torch.float64, device=device)
-        alpha, sigma = process.alpha_sigma(tt, k)
-        z = _per_sample(alpha, clean) * process.mean(clean, tt, k) + _per_sample(
-            sigma, clean
-        ) * draw(k)
-    grids = {j: stage_grid(process, j, process.boundaries[j + 1], counts[j]) for j in range(k)}
-    grids[k] = stage_grid(process, k, t0, counts[k])
-    total, done = sum(len(g) - 1 for g in grids.values()), 0
-    predictions: list[torch.Tensor | None] = [None] * process.num_stages
-    while True:
-        grid = grids[k]
-        for t, s in pairwise(grid):
-            tt = torch.full((batch,), t, dtype=torch.float32, device=device)
-            clean = process.predict_clean(model(z, tt, k).float(), z, tt, k)
-            if config.clip is not None:
-                clean = clean.clamp(-config.clip, config.clip)
-            xi = draw(k) if config.eta > 0 else None
-            z = ddim_step(process, z, clean, t, s, k, config.eta, xi)
-            done += 1
-            if on_step is not None:
-                on_step(done, total)
-        predictions[k] = clean
-        if k == 0:
-            break
-        z = process.up_step(z, k - 1, draw(k - 1), clean)
-        k -= 1
-    return SampleOutput(clean, z, [p for p in predictions if p is not None])
+    noise.reset()
+    steps = steps_per_stage(process, config)
+    top, t_top, z, clean = initial_state(process, draw, start, device)
+    for k in range(top, -1, -1):
+        t_first = t_top if k == top else process.boundaries[k + 1]
+        for t, s in pairwise(stage_grid(process, k, t_first, steps[k])):
+            clean = denoise(process, model, z, t, k, config.clip)
+            z = ddim_step(process, z, clean, t, s, k, config.eta, draw(k) if config.eta else None)
+            if callback is not None:
+                callback(k, s, z, clean)
+        if k > 0:
+            z = process.up_step(z, k - 1, draw(k - 1), clean)
+    return SampleOutput(clean, z)

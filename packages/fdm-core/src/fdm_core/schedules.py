@@ -163,3 +163,20 @@ class ExplicitStages(StageSchedule):
                 f"which need {num_stages - 1}"
             )
         return b
+
+
+def apportion(total: int, weights: list[float], minimum: int = 0) -> list[int]:
+    """Split `total` into integer counts proportional to `weights` (largest remainder).
+
+    Each entry first gets `minimum`; the rest, max(0, total - minimum * n), is shared in
+    proportion to the weights, floors first, then one more to the largest remainders (ties to
+    the earlier entry). The loss uses it for samples per stage, the sampler for steps per stage.
+    """
+    spare = max(0, total - minimum * len(weights))
+    shares = [spare * w / sum(weights) for w in weights]
+    floors = [math.floor(share) for share in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda k: floors[k] - shares[k])
+    counts = [minimum + f for f in floors]
+    for k in by_remainder[: spare - sum(floors)]:
+        counts[k] += 1
+    return counts
