@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from .registry import Registry, get_registry
-from .schedules import NoiseSchedule, StageSchedule
+from .schedules import TERMINAL_ALPHA_MAX, NoiseSchedule, StageSchedule
 from .transform import Shape, SignalTransform
 
 
@@ -117,6 +117,13 @@ def resolve_components(config: ProcessConfig, registry: Registry) -> Components:
         transforms.append(transform)
         shapes.append(shape)
     noise = _build(registry, "noise_schedule", config.noise_schedule, "noise_schedule")
+    if (alpha := noise.terminal_alpha()) > TERMINAL_ALPHA_MAX:
+        raise ValueError(
+            f"noise_schedule ({config.noise_schedule.name}): alpha(1) = {alpha:.3g} leaves signal "
+            f"at t = 1, where sampling starts from pure noise; it must be at most "
+            f"{TERMINAL_ALPHA_MAX}: lower its log-SNR at t = 1 (cosine: logsnr_min; linear_beta: "
+            "larger betas or num_train_steps)"
+        )
     stage = _build(registry, "stage_schedule", config.stage_schedule, "stage_schedule")
     try:
         stage.boundaries(len(transforms) + 1)

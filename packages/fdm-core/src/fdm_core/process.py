@@ -78,8 +78,17 @@ class FDMProcess:
         return ((t - self.boundaries[k]) / self.stage_lengths[k]).clamp(0.0, 1.0)
 
     def logsnr(self, t: torch.Tensor, k: int) -> torch.Tensor:
-        """lambda_k(t) = lambda(t) + gamma log(d_0 / d_k)."""
-        return self.noise_schedule.logsnr(t) + self.logsnr_offsets[k]
+        """lambda_k(t) = lambda(t) + gamma log(d_0 / d_k), the resolution-aware log-SNR.
+
+        In the last stage K the offset is annealed linearly to 0 at t = 1, so lambda_K(1) =
+        lambda(1): the sampler's prior z = sigma xi at t = 1 stays the base schedule's near-pure
+        noise whatever the chain (the terminal noise level).
+        """
+        offset = self.logsnr_offsets[k]
+        if k == self.num_stages - 1 and offset:
+            tau = self.boundaries[k]
+            offset = offset * (1.0 - ((t - tau) / (1.0 - tau)).clamp(0.0, 1.0))
+        return self.noise_schedule.logsnr(t) + offset
 
     def alpha_sigma(self, t: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Variance-preserving alpha_t, sigma_t of stage k (computed in float64)."""

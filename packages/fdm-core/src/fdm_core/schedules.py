@@ -21,6 +21,11 @@ class ScheduleParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+TERMINAL_ALPHA_MAX = 0.01
+"""The largest alpha(1) a noise schedule may have: the sampler starts from z = sigma(1) xi, which
+assumes no signal is left at t = 1."""
+
+
 class NoiseSchedule(ABC):
     """Base log-SNR lambda(t), t in [0, 1]."""
 
@@ -33,6 +38,10 @@ class NoiseSchedule(ABC):
     @abstractmethod
     def logsnr(self, t: torch.Tensor) -> torch.Tensor:
         """lambda(t) for t in [0, 1], elementwise."""
+
+    def terminal_alpha(self) -> float:
+        """alpha(1) = sqrt(sigmoid(lambda(1))): the signal left at pure noise."""
+        return float(torch.sigmoid(self.logsnr(torch.ones(1, dtype=torch.float64))).sqrt())
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, **self.params.model_dump(mode="json")}
