@@ -12,19 +12,18 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from fdm_cli.config import apply_override, build_layers, finalize, parse_override
+from fdm_cli.config import resolve_train_config
 from fdm_cli.train import run_training
 
 
 def main() -> None:
     run_dir, weights_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    raw = build_layers(None, "fdm-ds")
-    for item in ("model.base_channels=8", "model.num_heads=2", "train.batch_size=8",
-                 "train.max_steps=3", "train.minutes=null", "train.device=cpu",
-                 "train.checkpoint_every=2", "sample.num=5", "sample.steps=3",
-                 "sample.strip_rows=2", "optim.warmup_steps=1", "train.dist_timeout_s=120"):
-        apply_override(raw, *parse_override(item))
-    result = run_training(finalize(raw, 1), run_dir, show_progress=False)
+    flags = {"train.max_steps": 3, "train.batch_size": 8, "train.device": "cpu"}
+    overrides = ["model.base_channels=8", "model.num_heads=2", "train.checkpoint_every=2",
+                 "sample.num=5", "sample.steps=3", "sample.strip_rows=2",
+                 "optim.warmup_steps=1", "train.dist_timeout_s=120"]
+    cfg = resolve_train_config(None, "fdm-ds", flags, overrides)
+    result = run_training(cfg, run_dir, show_progress=False)
     rank = int(os.environ["RANK"])
     weights_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}

@@ -73,15 +73,22 @@ def test_blur_preset_and_deblur_as_processes(tmp_path: Path) -> None:
 
 
 def test_user_error_is_one_line_with_status_2(tmp_path: Path) -> None:
-    done = run(["train", "--preset", "nope", "--dry-run"])
+    done = run(["train", "--set", "process.gamma", "--dry-run"])
     assert done.returncode == 2
-    assert done.stderr.strip() == ("fdm: error: unknown preset 'nope'; allowed: fdm-ds, "
-                                   "fdm-blur-g, fdm-blur-u, ddpm")
+    assert done.stderr.strip() == ("fdm: error: --set expects key=value with a dotted key "
+                                   "(e.g. process.gamma=0), got 'process.gamma'")
     assert done.stdout == ""
-    debug = run(["train", "--preset", "nope", "--dry-run", "--debug"])
+    debug = run(["train", "--set", "process.gamma", "--dry-run", "--debug"])
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "UserError" in debug.stderr
+    choice = run(["train", "--preset", "nope", "--dry-run"])
+    assert choice.returncode == 2 and choice.stdout == ""
+    assert choice.stderr.strip() == (
+        "fdm: error: Invalid value for '--preset': 'nope' is not one of 'fdm-ds', 'fdm-blur-g', "
+        "'fdm-blur-u', 'ddpm'. (see 'fdm train --help')")
     bad_flag = run(["sample", "--bogus"])
     assert bad_flag.returncode == 2 and "No such option" in bad_flag.stderr
+    assert bad_flag.stderr.strip().startswith("fdm: error:")
+    assert len(bad_flag.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "fake.png").write_bytes(b"this is not a png")
     (root / "bad.yaml").write_text("train: [unclosed\n")
     (root / "list.yaml").write_text("- 1\n")
+    (root / "preset.yaml").write_text("preset: fdm-xyz\n")
     (root / "empty_dir").mkdir()
     idx = root / "idx"
     idx.mkdir()
@@ -31,7 +32,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 TRAIN_ERRORS = [
-    (["--preset", "fdm-xyz"], "unknown preset 'fdm-xyz'; allowed: fdm-ds, fdm-blur-g"),
+    (["--preset", "fdm-xyz"], "Invalid value for '--preset': 'fdm-xyz' is not one of 'fdm-ds', "
+                              "'fdm-blur-g', 'fdm-blur-u', 'ddpm'. (see 'fdm train --help')"),
     (["--set", "process.gamma"], "--set expects key=value"),
     (["--set", "model.nonsense=1"], "model.nonsense: Extra inputs are not permitted"),
     (["--set", "process.gamma=abc"], "process.gamma: Input should be a valid number"),
@@ -41,11 +43,21 @@ TRAIN_ERRORS = [
     (["--max-steps", "0"], "train.max_steps: Input should be greater than 0"),
     (["--batch-size", "-2"], "train.batch_size: Input should be greater than 0"),
     (["--lr", "-1"], "optim.lr: Input should be greater than 0"),
-    (["--precision", "fp16"], "train.precision: Input should be 'fp32' or 'bf16'"),
-    (["--device", "tpu"], "device must be auto, cpu, cuda or cuda:N"),
+    (["--precision", "fp16"], "Invalid value for '--precision': 'fp16' is not one of 'fp32', "
+                              "'bf16'"),
+    (["--set", "train.precision=fp16"], "train.precision: Input should be 'fp32' or 'bf16'"),
+    (["--device", "tpu"], "train.device: unknown device 'tpu'; allowed: auto, cpu, cuda, cuda:N"),
+    (["--set", "train.device=cuda:x"], "unknown device 'cuda:x'; allowed: auto, cpu, cuda"),
     (["--resolution", "30"], "cannot take stage"),
-    (["--data", "/nonexistent/data"], "data source '/nonexistent/data' not found"),
+    (["--data", "no/such/data"], "data source 'no/such/data' not found: use 'fashion-mnist'"),
+    (["--no-such-flag"], "No such option: --no-such-flag"),
 ]
+
+
+def assert_one_error_line(output: str) -> None:
+    assert output.strip().startswith("fdm: error:"), output
+    assert len(output.strip().splitlines()) == 1, output
+    assert "Traceback" not in output
 
 
 @pytest.mark.parametrize(("args", "message"), TRAIN_ERRORS)
@@ -53,9 +65,7 @@ def test_train_user_errors(args: list[str], message: str, tmp_path: Path, cli) -
     result = cli("train", "--out", tmp_path / "run", "--dry-run", *args)
     assert result.exit_code == 2, result.output
     assert message in result.output
-    assert "Traceback" not in result.output
-    assert result.output.strip().startswith("fdm: error:")
-    assert len(result.output.strip().splitlines()) == 1
+    assert_one_error_line(result.output)
     assert not (tmp_path / "run").exists()
 
 
@@ -65,6 +75,7 @@ def test_train_user_errors(args: list[str], message: str, tmp_path: Path, cli) -
         ("bad.yaml", "is not valid yaml"),
         ("list.yaml", "must hold a mapping"),
         ("missing.yaml", "config file not found"),
+        ("preset.yaml", "unknown preset 'fdm-xyz'; allowed: fdm-ds, fdm-blur-g, fdm-blur-u"),
     ],
 )
 def test_train_config_file_errors(name: str, message: str, files: dict, tmp_path: Path,
@@ -72,6 +83,7 @@ def test_train_config_file_errors(name: str, message: str, files: dict, tmp_path
     path = files.get(name, tmp_path / name)
     result = cli("train", path, "--dry-run")
     assert result.exit_code == 2 and message in result.output
+    assert_one_error_line(result.output)
 
 
 @pytest.mark.parametrize(
@@ -124,9 +136,13 @@ def test_resume_with_a_different_process_is_refused(ds_run: Path, tmp_path: Path
     assert result.exit_code == 2 and "the process config differs" in result.output
 
 
-def test_unknown_flag_is_a_usage_error(cli) -> None:
-    result = cli("train", "--no-such-flag")
-    assert result.exit_code == 2 and "No such option" in result.output
+@pytest.mark.parametrize("args", [["train", "--no-such-flag"], ["sample", "--bogus"],
+                                  ["no-such-command"], ["sample"]])
+def test_usage_errors_are_one_line_too(args: list[str], cli) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2
+    assert_one_error_line(result.output)
+    assert "--help'" in result.output  # where to look for what is allowed
 
 
 SAMPLE_ERRORS = [
@@ -135,13 +151,16 @@ SAMPLE_ERRORS = [
     (["{corrupt}"], "is not a readable safetensors file"),
     (["{run}", "--stage-seeds", "2:3"], "--stage-seeds expects stage=seed pairs"),
     (["{run}", "--stage-seeds", "9=1"], "stage 9 does not exist; this model has stages 0..2"),
-    (["{run}", "--sampler", "euler"], "--sampler 'euler': allowed: ddim, ddpm"),
+    (["{run}", "--sampler", "euler"], "'--sampler': 'euler' is not one of 'ddim', 'ddpm'"),
     (["{run}", "--sampler", "ddpm", "--eta", "0.5"], "--sampler ddpm means eta = 1"),
-    (["{run}", "--eta", "2"], "must be in [0, 1]"),
+    (["{run}", "--eta", "2"], "eta: Input should be less than or equal to 1 (got 2.0)"),
+    (["{run}", "--eta", "-0.5"], "eta: Input should be greater than or equal to 0"),
+    (["{run}", "--steps", "0"], "steps: Input should be greater than 0 (got 0)"),
     (["{run}", "--num", "0"], "--num 0: must be positive"),
     (["{run}", "--out", "a.png", "--out-dir", "d"], "are alternatives"),
     (["{model}", "--no-ema"], "MODEL_DIR holding only the EMA weights"),
-    (["{run}", "--device", "quantum"], "--device 'quantum': allowed"),
+    (["{run}", "--device", "quantum"],
+     "'--device': unknown device 'quantum'; allowed: auto, cpu, cuda, cuda:N"),
 ]
 
 
@@ -151,11 +170,12 @@ def test_sample_user_errors(args: list[str], message: str, ds_run: Path, files: 
     fill = {"run": ds_run, "model": ds_run / "model", "missing": tmp_path / "nope",
             "no_ckpt": files["no_ckpt"], "corrupt": files["corrupt.safetensors"]}
     argv = [a.format(**fill) for a in args]
-    result = cli("sample", *argv, "--steps", "3", "--num" if "--num" not in argv else "--seed",
+    steps = [] if "--steps" in argv else ["--steps", "3"]
+    result = cli("sample", *argv, *steps, "--num" if "--num" not in argv else "--seed",
                  "1" if "--num" not in argv else "0")
     assert result.exit_code == 2, result.output
     assert message in result.output
-    assert "Traceback" not in result.output
+    assert_one_error_line(result.output)
 
 
 RESTORE_ERRORS = [
@@ -183,6 +203,7 @@ def test_restore_user_errors(command: str, model: str, images: list[str], extra:
     result = cli(command, model_dir, *paths, "--out", tmp_path / "out", "--steps", "3", *extra)
     assert result.exit_code == 2, result.output
     assert message in result.output
+    assert_one_error_line(result.output)
     assert not (tmp_path / "out").exists()
 
 
@@ -192,5 +213,5 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     from fdm_cli.app import app
     from fdm_cli.errors import UserError
 
-    result = CliRunner().invoke(app, ["--debug", "train", "--preset", "nope", "--dry-run"])
+    result = CliRunner().invoke(app, ["--debug", "train", "--set", "process.gamma", "--dry-run"])
     assert isinstance(result.exception, UserError)

@@ -1,4 +1,4 @@
-"""TrainConfig layering: presets < file < flags < --set, through the same pydantic models."""
+"""TrainConfig layering (presets < file < flags < --set) through `resolve_train_config`."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from fdm_cli.config import (
     TrainConfig,
     apply_override,
     build_layers,
-    finalize,
     parse_override,
     read_config_file,
+    resolve_train_config,
 )
 from fdm_cli.errors import UserError
 from fdm_cli.presets import PRESETS
@@ -29,7 +30,7 @@ from fdm_cli.presets import PRESETS
     ],
 )
 def test_presets_resolve(preset: str, stage_shapes: list, transform: str | None) -> None:
-    cfg = finalize(build_layers(None, preset), data_channels=1)
+    cfg = resolve_train_config(None, preset)
     assert isinstance(cfg, TrainConfig) and cfg.preset == preset
     assert [list(s) for s in cfg.model.stage_shapes] == stage_shapes
     names = {t.name for t in cfg.process.transforms}
@@ -41,8 +42,8 @@ def test_all_presets_listed() -> None:
 
 
 def test_blur_kinds() -> None:
-    gauss = finalize(build_layers(None, "fdm-blur-g"), 1).process.transforms[0].as_dict()
-    box = finalize(build_layers(None, "fdm-blur-u"), 1).process.transforms[0].as_dict()
+    gauss = resolve_train_config(None, "fdm-blur-g").process.transforms[0].as_dict()
+    box = resolve_train_config(None, "fdm-blur-u").process.transforms[0].as_dict()
     assert gauss["kind"] == "gaussian" and box["kind"] == "uniform"
 
 
@@ -50,37 +51,68 @@ def test_overrides_parse_yaml_values() -> None:
     assert parse_override("process.gamma=0") == (["process", "gamma"], 0)
     assert parse_override("process.interpolation=false") == (["process", "interpolation"], False)
     assert parse_override("model.channel_mult=[1, 2]") == (["model", "channel_mult"], [1, 2])
-    raw = build_layers(None, "fdm-ds")
-    apply_override(raw, ["process", "transforms", "1", "factor"], 4)
-    apply_override(raw, *parse_override("model.channel_mult=[1, 2, 2, 2]"))
-    cfg = finalize(raw, 1)
+    cfg = resolve_train_config(None, "fdm-ds", overrides=[
+        "process.transforms.1.factor=4", "model.channel_mult=[1, 2, 2, 2]"])
     assert [list(s) for s in cfg.model.stage_shapes] == [[1, 32, 32], [1, 16, 16], [1, 4, 4]]
+    assert cfg.process.transforms[0].as_dict()["factor"] == 2  # only the one transform changed
 
 
-def test_ablation_switches_and_channels_follow_data() -> None:
-    raw = build_layers(None, None)
-    apply_override(raw, *parse_override("process.gamma=0"))
-    apply_override(raw, *parse_override("process.interpolation=false"))
-    cfg = finalize(raw, data_channels=3)
+def test_ablation_switches_and_forced_channels() -> None:
+    cfg = resolve_train_config(overrides=["process.gamma=0", "process.interpolation=false",
+                                          "data.channels=3"])
     assert cfg.process.gamma == 0 and cfg.process.interpolation is False
     assert cfg.process.channels == 3 and cfg.model.stage_shapes[0][0] == 3
 
 
+def test_channels_follow_an_image_folder(tmp_path: Path) -> None:
+    Image.new("L", (32, 32)).save(tmp_path / "gray.png")
+    gray = resolve_train_config(flags={"data.source": str(tmp_path)})
+    assert gray.process.channels == 1 and gray.data.channels == "auto"
+    Image.new("RGB", (32, 32)).save(tmp_path / "colour.png")
+    rgb = resolve_train_config(flags={"data.source": str(tmp_path)})
+    assert rgb.process.channels == 3 and rgb.model.stage_shapes[0][0] == 3
+
+
+def test_layers_file_then_flags_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: fdm-blur-g\noptim: {lr: 0.002}\ntrain: {seed: 5, max_steps: 7}\n")
+    cfg = resolve_train_config(path, None, {"optim.lr": 0.003, "train.seed": None},
+                               ["optim.lr=0.004"])
+    assert cfg.preset == "fdm-blur-g" and cfg.optim.lr == 0.004
+    assert cfg.train.seed == 5  # a None flag is "not given"
+    assert cfg.train.max_steps == 7 and cfg.train.minutes == 7.5  # the file may set both
+    assert resolve_train_config(path, None, {"optim.lr": 0.003}).optim.lr == 0.003
+    assert resolve_train_config(path, "ddpm").preset == "ddpm"  # --preset beats the file's
+
+
+def test_a_budget_flag_replaces_the_other_budget(tmp_path: Path) -> None:
+    steps = resolve_train_config(flags={"train.max_steps": 9})
+    assert steps.train.max_steps == 9 and steps.train.minutes is None
+    (tmp_path / "steps.yaml").write_text("train: {max_steps: 9, minutes: null}\n")
+    timed = resolve_train_config(tmp_path / "steps.yaml", flags={"train.minutes": 2.0})
+    assert timed.train.minutes == 2.0 and timed.train.max_steps is None
+    both = resolve_train_config(flags={"train.minutes": 2.0}, overrides=["train.max_steps=9"])
+    assert both.train.minutes == 2.0 and both.train.max_steps == 9  # --set comes last
+    with pytest.raises(UserError, match="--max-steps and --minutes are alternatives"):
+        resolve_train_config(flags={"train.max_steps": 9, "train.minutes": 2.0})
+
+
 def test_config_file_round_trip(tmp_path: Path) -> None:
-    cfg = finalize(build_layers(None, "fdm-blur-u"), 1)
+    cfg = resolve_train_config(None, "fdm-blur-u")
     path = tmp_path / "run.yaml"
     path.write_text(cfg.to_yaml())
-    again = finalize(build_layers(path, None), 1)
+    again = resolve_train_config(path)
     assert again == cfg
     (tmp_path / "run.json").write_text('{"preset": "ddpm", "train": {"batch_size": 7}}')
-    from_json = finalize(build_layers(tmp_path / "run.json", None), 1)
+    from_json = resolve_train_config(tmp_path / "run.json")
     assert from_json.preset == "ddpm" and from_json.train.batch_size == 7
 
 
 def test_saved_config_is_the_base_when_resuming() -> None:
-    saved = finalize(build_layers(None, "ddpm"), 1).to_dict()
-    assert finalize(build_layers(None, None, saved), 1).preset == "ddpm"
-    assert finalize(build_layers(None, "fdm-ds", saved), 1).preset == "fdm-ds"
+    saved = resolve_train_config(None, "ddpm", {"optim.lr": 0.01}).to_dict()
+    resumed = resolve_train_config(saved=saved)
+    assert resumed.preset == "ddpm" and resumed.optim.lr == 0.01
+    assert resolve_train_config(None, "fdm-ds", saved=saved).preset == "fdm-ds"
 
 
 @pytest.mark.parametrize(
@@ -93,13 +125,14 @@ def test_saved_config_is_the_base_when_resuming() -> None:
         ("process.noise_schedule.name=nope", "noise_schedule"),
         ("process.parameterization=eps", "parameterization 'eps'"),
         ("model.num_heads=3", "num_heads"),
+        ("train.device=tpu", "train.device: unknown device 'tpu'; allowed: auto, cpu, cuda"),
+        ("train.precision=fp16", "train.precision: Input should be 'fp32' or 'bf16'"),
+        ("data.fit=stretch", "data.fit: Input should be 'auto', 'pad' or 'resize'"),
     ],
 )
 def test_invalid_values_name_the_field(override: str, message: str) -> None:
-    raw = build_layers(None, None)
-    apply_override(raw, *parse_override(override))
     with pytest.raises(UserError, match="invalid config") as info:
-        finalize(raw, 1)
+        resolve_train_config(overrides=[override])
     assert message in str(info.value)
 
 
@@ -121,8 +154,11 @@ def test_config_file_errors(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="must hold a mapping"):
         read_config_file(tmp_path / "list.yaml")
-    with pytest.raises(UserError, match="unknown preset"):
-        build_layers(None, "fdm-xyz")
+    with pytest.raises(UserError, match="unknown preset 'fdm-xyz'; allowed: fdm-ds"):
+        resolve_train_config(None, "fdm-xyz")
+    (tmp_path / "preset.yaml").write_text("preset: nope\n")
+    with pytest.raises(UserError, match="unknown preset 'nope'; allowed: fdm-ds"):
+        resolve_train_config(tmp_path / "preset.yaml")
 
 
 def test_dry_run_prints_resolved_config_and_writes_nothing(tmp_path: Path, cli) -> None:
@@ -139,6 +175,6 @@ def test_dry_run_prints_resolved_config_and_writes_nothing(tmp_path: Path, cli) 
 
 
 def test_default_train_budget_fits_ten_minutes() -> None:
-    cfg = finalize(build_layers(None, None), 1)
+    cfg = resolve_train_config()
     assert cfg.preset == "fdm-ds" and cfg.data.source == "fashion-mnist"
     assert cfg.train.minutes is not None and cfg.train.minutes <= 8.5

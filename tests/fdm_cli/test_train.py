@@ -11,23 +11,24 @@ import torch
 from PIL import Image
 
 from fdm_cli import checkpointing as ckpt
-from fdm_cli.config import apply_override, build_layers, finalize, parse_override
+from fdm_cli.config import TrainConfig, resolve_train_config
 from fdm_cli.losslog import read_loss_csv
 from fdm_cli.train import learning_rate, run_training
 from fdm_core import load_state
 
+TINY = {
+    "model.base_channels": 8, "model.num_heads": 2, "train.batch_size": 6,
+    "train.device": "cpu", "train.checkpoint_every": 1000, "sample.num": 2, "sample.steps": 3,
+    "sample.strip_rows": 2, "optim.warmup_steps": 2, "train.log_every": 1,
+}
 
-def tiny_config(steps: int, **sets: object) -> object:
-    raw = build_layers(None, "fdm-ds")
-    base = {
-        "model.base_channels": 8, "model.num_heads": 2, "train.batch_size": 6,
-        "train.max_steps": steps, "train.minutes": None, "train.device": "cpu",
-        "train.checkpoint_every": 1000, "sample.num": 2, "sample.steps": 3,
-        "sample.strip_rows": 2, "optim.warmup_steps": 2, "train.log_every": 1,
-    }
-    for key, value in {**base, **sets}.items():
-        apply_override(raw, key.split("."), value)
-    return finalize(raw, 1)
+
+def tiny_config(steps: int | None, minutes: float | None = None, preset: str = "fdm-ds",
+                **sets: object) -> TrainConfig:
+    """A tiny fdm-ds (or `preset`) trained for `steps` steps or `minutes`; `sets` are further
+    dotted-key flags."""
+    flags = {**TINY, "train.max_steps": steps, "train.minutes": minutes, **sets}
+    return resolve_train_config(None, preset, flags)
 
 
 def test_run_dir_contents(ds_run: Path) -> None:
@@ -133,19 +134,15 @@ def test_learning_rate_schedule() -> None:
 
 
 def test_minutes_budget_stops_training(tmp_path: Path) -> None:
-    raw = tiny_config(1).to_dict()
-    raw["train"].update(max_steps=None, minutes=0.001)  # 60 ms: a step or two
-    cfg = finalize(raw, 1)
+    cfg = tiny_config(None, minutes=0.001)  # 60 ms: a step or two
     result = run_training(cfg, tmp_path / "timed", show_progress=False)
     assert 1 <= result.step <= 5 and (tmp_path / "timed" / "samples" / "final.png").is_file()
 
 
 def test_ablation_and_ddpm_presets_train(tmp_path: Path) -> None:
-    raw = build_layers(None, "ddpm")
-    for item in ("model.base_channels=8", "model.num_heads=2", "train.max_steps=1",
-                 "train.minutes=null", "sample.num=1", "sample.steps=2", "train.batch_size=4"):
-        apply_override(raw, *parse_override(item))
-    result = run_training(finalize(raw, 1), tmp_path / "ddpm", show_progress=False)
+    cfg = tiny_config(1, preset="ddpm", **{"sample.num": 1, "sample.steps": 2,
+                                           "train.batch_size": 4})
+    result = run_training(cfg, tmp_path / "ddpm", show_progress=False)
     assert result.step == 1
     cfg = tiny_config(1, **{"process.gamma": 0, "process.interpolation": False, "sample.num": 1})
     assert run_training(cfg, tmp_path / "ablation", show_progress=False).step == 1

@@ -21,21 +21,19 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from typer.core import TyperGroup
 
+from .choices import DEVICE_HELP, Precision, PresetName, SamplerName, check_device
 from .errors import EXIT_USER_ERROR, UserError, format_validation_error
 
-app = typer.Typer(
-    name="fdm", no_args_is_help=False, add_completion=False, pretty_exceptions_enable=False,
-    help="f-DM: multi-stage diffusion with progressive signal transformations "
-    "(Gu et al., ICLR 2023).",
-)
 F = TypeVar("F", bound=Callable[..., Any])
 DEBUG_ENV = "FDM_DEBUG"
 
@@ -77,6 +75,41 @@ def cli_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """Typer's usage errors (unknown option, a value outside the choices) as one line too."""
+    try:
+        yield
+    except typer.TyperException as exc:
+        if getattr(exc, "exit_code", None) != EXIT_USER_ERROR:
+            raise
+        message = exc.format_message().replace("Value error, ", "")
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _err_console().print(f"fdm: error: {message}{hint}", markup=False)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+class _Group(TyperGroup):
+    """The `fdm` command group: usage errors are one line, like every other user error."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+app = typer.Typer(
+    name="fdm", cls=_Group, no_args_is_help=False, add_completion=False,
+    pretty_exceptions_enable=False,
+    help="f-DM: multi-stage diffusion with progressive signal transformations "
+    "(Gu et al., ICLR 2023).",
+)
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
@@ -90,7 +123,7 @@ Opt = typer.Option
 # Options shared by several commands.
 ModelArg = Annotated[Path, typer.Argument(help="RUN_DIR, MODEL_DIR or checkpoint file.")]
 EmaOpt = Annotated[bool, Opt("--ema/--no-ema", help="EMA or raw weights.")]
-DeviceOpt = Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")]
+DeviceOpt = Annotated[str, Opt(help=DEVICE_HELP, parser=check_device)]
 JsonOpt = Annotated[bool, Opt("--json", help="Machine-readable output.")]
 OutFolderOpt = Annotated[Path, Opt(help="Output folder.")]
 FromStageOpt = Annotated[
@@ -108,14 +141,11 @@ RestoreSeedOpt = Annotated[int, Opt(help="Image i uses noise seed seed + i.")]
 # ---------------------------------------------------------------------------------------------
 # train
 
-PRESET_HELP = "fdm-ds (default), fdm-blur-g, fdm-blur-u, ddpm."
-
-
 @app.command()
 @cli_errors
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML/JSON TrainConfig file.")] = None,
-    preset: Annotated[str | None, Opt(help=PRESET_HELP)] = None,
+    preset: Annotated[PresetName | None, Opt(help="Starting point (default fdm-ds).")] = None,
     data: Annotated[str | None, Opt(help="fashion-mnist, an image folder, or IDX files.")] = None,
     out: Annotated[Path | None, Opt(help="RUN_DIR (default runs/<preset>).")] = None,
     resolution: Annotated[int | None, Opt(help="Image size in pixels.")] = None,
@@ -123,8 +153,8 @@ def train(
     minutes: Annotated[float | None, Opt(help="Train this many minutes (default 7.5).")] = None,
     batch_size: Annotated[int | None, Opt(help="Global batch size.")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
-    device: Annotated[str | None, Opt(help="auto, cpu, cuda or cuda:N.")] = None,
-    precision: Annotated[str | None, Opt(help="fp32 or bf16.")] = None,
+    device: Annotated[str | None, Opt(help=DEVICE_HELP)] = None,
+    precision: Annotated[Precision | None, Opt(help="bf16 autocast or fp32.")] = None,
     seed: Annotated[int | None, Opt(help="Seed of init, data order and noise.")] = None,
     resume: Annotated[bool, Opt(help="Continue from RUN_DIR/checkpoints/latest.")] = False,
     set_: Annotated[list[str] | None, Opt("--set", help="key=value override, repeatable.")] = None,
@@ -132,43 +162,16 @@ def train(
     progress: Annotated[bool, Opt(help="Show the progress bar.")] = True,
 ) -> None:
     """Train an f-DM (or the DDPM baseline) and write checkpoints, samples and losses to RUN_DIR."""
-    from . import checkpointing as ckpt
-    from .config import DataConfig, apply_override, build_layers, finalize, parse_override
-    from .data import probe_channels
+    from .config import resolve_train_config, saved_run_config
     from .presets import DEFAULT_PRESET
 
-    if max_steps is not None and minutes is not None:
-        raise UserError("--max-steps and --minutes are alternatives; give one (a config file "
-                        "may set both train.max_steps and train.minutes)")
-    run_dir = out or Path("runs") / (preset or DEFAULT_PRESET)  # refined below once resolved
-    saved = None
-    if resume and config is None and preset is None and (run_dir / ckpt.CONFIG_FILE).is_file():
-        if ckpt.latest_checkpoint(run_dir) is not None:
-            from .config import read_config_file
-
-            saved = read_config_file(run_dir / ckpt.CONFIG_FILE)
-    raw = build_layers(config, preset, saved)
-    flags = {
-        ("data", "source"): data, ("process", "resolution"): resolution,
-        ("train", "batch_size"): batch_size, ("optim", "lr"): lr, ("train", "device"): device,
-        ("train", "precision"): precision, ("train", "seed"): seed,
-    }
-    for (section, key), value in flags.items():
-        if value is not None:
-            raw.setdefault(section, {})[key] = value
-    if max_steps is not None:
-        raw.setdefault("train", {}).update(max_steps=max_steps, minutes=None)
-    if minutes is not None:
-        raw.setdefault("train", {}).update(minutes=minutes, max_steps=None)
-    for item in set_ or []:
-        apply_override(raw, *parse_override(item))
-    try:
-        data_cfg = DataConfig.model_validate(raw.get("data", {}))
-    except ValidationError as exc:
-        raise UserError(f"invalid config: {format_validation_error(exc, 'data')}") from None
-    channels = probe_channels(data_cfg.source, None if data_cfg.channels == "auto"
-                              else int(data_cfg.channels))
-    cfg = finalize(raw, channels)
+    run_dir = out or Path("runs") / (preset or DEFAULT_PRESET)
+    # Resuming with neither a config file nor a preset continues the run's own config.
+    saved = saved_run_config(run_dir) if resume and config is None and preset is None else None
+    flags = {"data.source": data, "process.resolution": resolution, "train.max_steps": max_steps,
+             "train.minutes": minutes, "train.batch_size": batch_size, "optim.lr": lr,
+             "train.device": device, "train.precision": precision, "train.seed": seed}
+    cfg = resolve_train_config(config, preset, flags, set_ or [], saved)
     if out is None and saved is None:
         run_dir = Path("runs") / (cfg.preset or "custom")
     console = Console(highlight=False, soft_wrap=True)
@@ -201,27 +204,12 @@ def _print_dry_run(cfg: Any, run_dir: Path, console: Console) -> None:
 
 
 def _sampler_config(steps: int, sampler: str, eta: float | None) -> Any:
+    """--steps, --sampler and --eta as fdm-core's SamplerConfig, which validates them."""
     from fdm_core import SamplerConfig
 
-    if sampler not in ("ddim", "ddpm"):
-        raise UserError(f"--sampler {sampler!r}: allowed: ddim, ddpm")
     if sampler == "ddpm" and eta not in (None, 1.0):
         raise UserError(f"--sampler ddpm means eta = 1; for eta = {eta} use --sampler ddim")
-    value = 1.0 if sampler == "ddpm" else (0.0 if eta is None else eta)
-    if not 0.0 <= value <= 1.0:
-        raise UserError(f"--eta {value}: must be in [0, 1] (0: DDIM, 1: DDPM)")
-    if steps <= 0:
-        raise UserError(f"--steps {steps}: must be a positive number of sampler steps")
-    return SamplerConfig(steps=steps, eta=value)
-
-
-def _device(name: str) -> Any:
-    from .distributed import resolve_device
-
-    cuda_n = name.startswith("cuda:") and name[5:].isdigit()
-    if name not in ("auto", "cpu", "cuda") and not cuda_n:
-        raise UserError(f"--device {name!r}: allowed: auto, cpu, cuda, cuda:N")
-    return resolve_device(name)
+    return SamplerConfig(steps=steps, eta=1.0 if sampler == "ddpm" else (eta or 0.0))
 
 
 @app.command()
@@ -230,7 +218,7 @@ def sample(
     model: ModelArg,
     num: Annotated[int, Opt(help="Number of samples.")] = 64,
     steps: Annotated[int, Opt(help="Sampler steps (split across stages).")] = 100,
-    sampler: Annotated[str, Opt(help="ddim or ddpm.")] = "ddim",
+    sampler: Annotated[SamplerName, Opt(help="ddim (eta from --eta) or ddpm (eta 1).")] = "ddim",
     eta: Annotated[float | None, Opt(help="DDIM stochasticity in [0, 1].")] = None,
     seed: Annotated[int, Opt(help="Sample i uses noise seed seed + i.")] = 0,
     stage_seeds: Annotated[str | None, Opt(help="Shared noise per stage, e.g. 0=7,2=3.")] = None,
@@ -243,6 +231,7 @@ def sample(
     device: DeviceOpt = "auto",
 ) -> None:
     """Generate samples (a grid or one PNG each) and optionally a stage strip."""
+    from .distributed import resolve_device
     from .images import make_grid, save_images, save_png, stage_strip
     from .sample import generate, load_model, parse_stage_seeds, strip_columns, strip_tile
 
@@ -252,7 +241,7 @@ def sample(
         if value <= 0:
             raise UserError(f"{name} {value}: must be positive")
     config = _sampler_config(steps, sampler, eta)
-    dev = _device(device)
+    dev = resolve_device(device)
     loaded = load_model(model, ema=ema, device=dev)
     seeds = parse_stage_seeds(stage_seeds, loaded.process.num_stages)
     result = generate(loaded, range(num), seed, config, seeds, batch_size, dev)
@@ -276,12 +265,13 @@ def sample(
 def _restore(task: str, model: Path, images: list[Path], out: Path, from_stage: int | None,
              start_t: float | None, resize: bool, steps: int, eta: float, seed: int,
              ema: bool, device: str) -> None:
+    from .distributed import resolve_device
     from .images import make_grid, save_png, upscale
     from .restore import check_start, check_task, default_stage, load_condition, make_start
     from .sample import generate, load_model
 
     config = _sampler_config(steps, "ddim", eta)
-    dev = _device(device)
+    dev = resolve_device(device)
     loaded = load_model(model, ema=ema, device=dev)
     check_task(loaded, task)
     stage = from_stage if from_stage is not None else default_stage(loaded, task)

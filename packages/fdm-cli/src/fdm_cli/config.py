@@ -1,6 +1,7 @@
 """`TrainConfig`: everything `fdm train` needs, one pydantic model (EDM-style grouped options).
 
-A run's config is resolved in one order, and every layer goes through the same models:
+A run's config is resolved in one order, by one function (`resolve_train_config`, used by
+``fdm train``, the tests and the DDP worker), and every layer goes through the same models:
 
     presets.BASE < --preset P < CONFIG.yaml/json < flags (--lr, --batch-size, ...) < --set k=v
 
@@ -12,15 +13,19 @@ A run's config is resolved in one order, and every layer goes through the same m
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fdm_core import ProcessConfig, SamplerConfig
 from fdm_models import UNetConfig
 
+from . import checkpointing as ckpt
+from .choices import Device, Precision
+from .data import probe_channels
 from .errors import UserError, format_validation_error
 from .presets import DEFAULT_PRESET, deep_merge, preset_dict
 
@@ -70,8 +75,8 @@ class TrainOptions(_Section):
     minutes: float | None = Field(
         None, gt=0, description="stop after this much training wall time (summed over resumes)"
     )
-    device: str = Field("auto", description="auto (cuda if available), cpu, cuda or cuda:N")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast or fp32")
+    device: Device = Field("auto", description="auto (cuda if available), cpu, cuda or cuda:N")
+    precision: Precision = Field("fp32", description="bf16 autocast or fp32")
     seed: int = Field(0, ge=0, description="seeds init, data order and every noise draw")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
     log_every: int = Field(10, gt=0, description="progress/CSV flush interval in steps")
@@ -81,13 +86,6 @@ class TrainOptions(_Section):
     find_unused_parameters: Literal["auto", True, False] = Field(
         "auto", description="DDP flag; auto: on when a rank's batch cannot hold every stage"
     )
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
 
     @model_validator(mode="after")
     def _budget(self) -> TrainOptions:
@@ -130,6 +128,50 @@ class TrainConfig(_Section):
 
 # ---------------------------------------------------------------------------------------------
 # Building a TrainConfig from layers
+
+BUDGET_FLAGS = ("train.max_steps", "train.minutes")
+
+
+def resolve_train_config(config_file: Path | None = None, preset: str | None = None,
+                         flags: Mapping[str, Any] | None = None, overrides: Sequence[str] = (),
+                         saved: dict[str, Any] | None = None) -> TrainConfig:
+    """The TrainConfig of a run: the one path from what the user gave to a validated config.
+
+    Layers, each over the one before: presets.BASE < `preset` (default: the config file's own
+    ``preset``, else fdm-ds) < `config_file` < `flags` < `overrides`; `saved` (the config of a
+    run being resumed) is the base instead when neither a file nor a preset is given. `flags`
+    maps dotted keys (``"optim.lr"``) to flag values, None meaning "not given"; a step or time
+    budget flag replaces the other budget. `overrides` are ``--set key=value`` strings. The
+    data's channels then fix ``process.channels``, the process fixes ``model.stage_shapes``.
+    Anything invalid is a UserError naming the field and what is allowed.
+    """
+    given = {key: value for key, value in (flags or {}).items() if value is not None}
+    if all(key in given for key in BUDGET_FLAGS):
+        raise UserError("--max-steps and --minutes are alternatives; give one (a config file "
+                        "may set both train.max_steps and train.minutes)")
+    raw = build_layers(config_file, preset, saved)
+    for key, value in given.items():
+        apply_override(raw, key.split("."), value)
+        if key in BUDGET_FLAGS:
+            other = BUDGET_FLAGS[1 - BUDGET_FLAGS.index(key)]
+            apply_override(raw, other.split("."), None)
+    for item in overrides:
+        apply_override(raw, *parse_override(item))
+    try:
+        data = DataConfig.model_validate(raw.get("data", {}))
+    except ValidationError as exc:
+        raise UserError(f"invalid config: {format_validation_error(exc, 'data')}") from None
+    channels = probe_channels(data.source, None if data.channels == "auto" else data.channels)
+    return finalize(raw, channels)
+
+
+def saved_run_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config `run_dir` was trained with, when it holds a run to resume (else None)."""
+    path = run_dir / ckpt.CONFIG_FILE
+    if not path.is_file() or ckpt.latest_checkpoint(run_dir) is None:
+        return None
+    return read_config_file(path)
+
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -200,9 +242,10 @@ def _list_item(node: list, part: str, path: list[str]) -> Any:
 def build_layers(config_file: Path | None, preset: str | None,
                  saved: dict[str, Any] | None = None) -> dict[str, Any]:
     """BASE < preset < file. A `saved` run config (resuming) is the base instead when neither a
-    config file nor a preset is given."""
+    config file nor a preset is given. The preset is `preset`, else the file's ``preset``."""
     file_data = read_config_file(config_file) if config_file is not None else {}
-    name = preset or file_data.get("preset")
+    file_preset = file_data.pop("preset", None)
+    name = preset or file_preset
     if saved is not None and name is None and config_file is None:
         return _unaliased(saved)
     try:

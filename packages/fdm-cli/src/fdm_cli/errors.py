@@ -20,8 +20,9 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-"))
         where = ".".join(x for x in (prefix, loc) if x)
-        msg = err.get("msg", "invalid")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        quiet = isinstance(got, dict) or got is None or (isinstance(got, str) and repr(got) in msg)
+        shown = "" if quiet else f" (got {got!r})"
         parts.append(f"{where}: {msg}{shown}" if where else f"{msg}{shown}")
     return "; ".join(parts)
