@@ -39,8 +39,8 @@ class DistContext:
 
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA (this rank's GPU) when available, else CPU; ``cuda`` without one is an
-    error."""
+    """The device `preference` (a name `choices.check_device` accepts) means here. ``auto``:
+    CUDA (this rank's GPU) when available, else CPU; ``cuda`` without one is an error."""
     if preference == "cpu":
         return torch.device("cpu")
     if preference == "auto" and not torch.cuda.is_available():
