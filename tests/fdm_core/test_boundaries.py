@@ -105,3 +105,19 @@ def test_resolution_rescaling_offsets():
     assert process.logsnr_offsets == pytest.approx([0.0, math.log(4), math.log(16)])
     ablation = make_process([{"name": "downsample"}] * 2, resolution=16, gamma=0.0)
     assert ablation.logsnr_offsets == [0.0, 0.0, 0.0]
+
+
+def test_interpolation_weight_is_clamped_to_its_stage():
+    """delta_t is 0 at and below tau_k and 1 at and above tau_{k+1}: a time a hair outside the
+    stage (rounding in a time grid, a start time at a boundary) must not extrapolate the mean
+    beyond x^k or g(f(x^k))."""
+    process = make_process([{"name": "downsample"}] * 2)
+    lo, hi = process.boundaries[1], process.boundaries[2]
+    t = torch.tensor([-0.5, lo - 1e-9, lo, (lo + hi) / 2, hi, hi + 1e-9, 1.5], dtype=torch.float64)
+    expected = torch.tensor([0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0], dtype=torch.float64)
+    assert torch.allclose(process.delta(t, 1), expected, rtol=0, atol=1e-12)
+    x = torch.randn(7, 1, 4, 4, dtype=torch.float64)
+    blocky = process.transforms[1].decode(process.transforms[1].encode(x))
+    mean = process.mean(x, t, 1)
+    assert torch.equal(mean[:3], x[:3])
+    assert torch.allclose(mean[4:], blocky[4:])

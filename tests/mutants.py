@@ -1,0 +1,119 @@
+"""Known bugs, injected on purpose, and the tests that must catch each (see test_mutations.py).
+
+A mutant rewrites one snippet of one function's source and installs the rewritten function in
+place of the original (with pytest's MonkeyPatch), so the suite runs against the buggy core.
+Loaded as a pytest plugin, ``FDM_MUTANT=<name> pytest -p tests.mutants ...``, it injects the
+named mutant before any test module is imported; without FDM_MUTANT it does nothing.
+
+A snippet must occur exactly once in its function: when a refactor changes the code, the
+mutation test fails and says which mutant to update, rather than silently testing nothing.
+"""
+
+from __future__ import annotations
+import __future__
+
+import importlib
+import inspect
+import os
+import textwrap
+from dataclasses import dataclass
+
+import pytest
+
+ENV = "FDM_MUTANT"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    what: str  # the bug, in words
+    module: str
+    function: str  # "name" or "Class.method"
+    original: str
+    mutated: str
+    caught_by: tuple[str, ...]  # test node ids that must fail
+
+
+SAMPLER = "tests/fdm_core/test_sampler.py"
+BOUNDARIES = "tests/fdm_core/test_boundaries.py"
+REDUCTIONS = "tests/fdm_core/test_reductions.py"
+
+MUTANTS = {
+    "ddim-noise-scale": Mutant(
+        "DDIM noise scale c without its sigma_s / sigma_t factor",
+        "fdm_core.sampler", "ddim_step",
+        "c = eta * (sigma_s / sigma_t) * (", "c = eta * (",
+        (f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds3-1.0-noise]",
+         f"{SAMPLER}::test_oracle_noisy_path_is_exact[blur3-0.5-mid-stage]",
+         f"{SAMPLER}::test_ddim_step_preserves_the_marginal_under_a_moving_mean[1.0]",
+         f"{REDUCTIONS}::test_k0_ddim_step_is_textbook_ddim[1.0]"),
+    ),
+    "boundary-sigma-of-next-stage": Mutant(
+        "the (I - P) boundary noise scaled by sigma_{k+1} instead of sigma_k",
+        "fdm_core.process", "FDMProcess.up_step",
+        "self.alpha_sigma(tau, k))", "self.alpha_sigma(tau, k + 1))",
+        (f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds3-0.0-noise]",
+         f"{SAMPLER}::test_oracle_noisy_path_is_exact[blur-ds-blur-0.0-noise]",
+         f"{SAMPLER}::test_oracle_noisy_path_is_exact[renoise-0.5-noise]",
+         f"{BOUNDARIES}::test_up_step_noise_is_isotropic_and_recovers_the_stage_marginal"),
+    ),
+    "plain-up-sampling": Mutant(
+        "the projection up-step without its (I - P) noise: plain up-sampling of z",
+        "fdm_core.process", "FDMProcess.up_step",
+        " + sigma * orthogonal", "",
+        (f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds2-0.5-boundary]",
+         f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds-factor3-0.0-noise]",
+         f"{BOUNDARIES}::test_up_step_noise_is_isotropic_and_recovers_the_stage_marginal"),
+    ),
+    "mean-frozen-in-step": Mutant(
+        "the mean frozen at M_t inside a step (M_s not used)",
+        "fdm_core.sampler", "ddim_step",
+        "process.mean(clean, ss, k)", "process.mean(clean, tt, k)",
+        (f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds2-0.0-noise]",
+         f"{SAMPLER}::test_oracle_noisy_path_is_exact[blur3-0.5-boundary]",
+         f"{SAMPLER}::test_ddim_step_preserves_the_marginal_under_a_moving_mean[0.0]"),
+    ),
+    "rescaling-offset-dropped": Mutant(
+        "the resolution-aware offset gamma log(d_0 / d_k) dropped from the log-SNR",
+        "fdm_core.process", "FDMProcess.logsnr",
+        "return self.noise_schedule.logsnr(t) + offset", "return self.noise_schedule.logsnr(t)",
+        (f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds3-0.0-noise]",
+         f"{BOUNDARIES}::test_down_step_gives_the_next_stage_marginal[2]",
+         "tests/fdm_core/test_terminal_noise.py::"
+         "test_anneal_keeps_the_boundaries_exact_and_the_last_stage_monotone[cosine]",
+         "tests/fdm_core/test_golden.py::test_golden_values[fdm-ds-ddim]"),
+    ),
+    "delta-not-clamped": Mutant(
+        "the interpolation weight delta not clamped to [0, 1] at the stage ends",
+        "fdm_core.process", "FDMProcess.delta",
+        ".clamp(0.0, 1.0)", "",
+        (f"{BOUNDARIES}::test_interpolation_weight_is_clamped_to_its_stage",),
+    ),
+}
+
+
+def mutate(mutant: Mutant, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Install the mutated function; AssertionError if the original snippet is not found once."""
+    module = importlib.import_module(mutant.module)
+    owner_name, _, name = mutant.function.rpartition(".")
+    owner = getattr(module, owner_name) if owner_name else module
+    original = getattr(owner, name)
+    source = textwrap.dedent(inspect.getsource(original))
+    count = source.count(mutant.original)
+    assert count == 1, (
+        f"mutant {mutant.what!r}: {mutant.original!r} occurs {count} times in "
+        f"{mutant.module}.{mutant.function}; update tests/mutants.py to the current code"
+    )
+    namespace = dict(vars(module))
+    code = compile(source.replace(mutant.original, mutant.mutated), module.__file__, "exec",
+                   flags=__future__.annotations.compiler_flag, dont_inherit=True)
+    exec(code, namespace)
+    monkeypatch.setattr(owner, name, namespace[name])
+    package = importlib.import_module(mutant.module.split(".")[0])
+    if not owner_name and getattr(package, name, None) is original:
+        monkeypatch.setattr(package, name, namespace[name])  # the re-export, too
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    name = os.environ.get(ENV)
+    if name:
+        mutate(MUTANTS[name], pytest.MonkeyPatch())
