@@ -9,7 +9,7 @@ Run from the repository root:
 Stages are timed side by side (round-robin inside every repeat, median over repeats) so the
 time ratios compare like with like. FLOPs come from torch.utils.flop_counter with the ``math``
 attention backend (the CPU SDPA kernel has no FLOP formula); timing uses the configured backend.
-Targets (DESIGN.md §2: coarse stages skip the outer levels): stage 1 <= 0.65x and stage 2 <=
+Targets (docs/design.md §6.1: coarse stages skip the outer levels): stage 1 <= 0.65x and stage 2 <=
 0.25x the stage-0 time.
 """
 

@@ -1,5 +1,5 @@
-"""Down- and up-steps at stage boundaries (DESIGN.md §2): Monte-Carlo checks with tolerances of
-several standard errors at the sample size used."""
+"""Down- and up-steps at stage boundaries (docs/design.md §5 (E12-E15)): Monte-Carlo checks with
+tolerances of several standard errors at the sample size used."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Triton kernels against the torch reference (DESIGN.md §6).
+"""Triton kernels against the torch reference (docs/design.md §12.1).
 
 On CPU they run under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
 any import); on a CUDA machine they run compiled. The interpreter's cost is per program, so the

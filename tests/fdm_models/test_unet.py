@@ -23,7 +23,7 @@ def _randomise_zero_init(model: nn.Module) -> None:
 
 
 def _stage_owned(name: str, config: UNetConfig, stage: int) -> bool:
-    """Whether parameter ``name`` is on the compute path of ``stage`` (DESIGN.md §3)."""
+    """Whether parameter ``name`` is on the compute path of ``stage`` (docs/design.md §6.1)."""
     entry = config.stage_levels[stage]
     parts = name.split(".")
     if parts[0] in ("input_heads", "output_heads"):

@@ -1,4 +1,4 @@
-"""A coarse stage costs only the inner levels of the UNet (DESIGN.md §3).
+"""A coarse stage costs only the inner levels of the UNet (docs/design.md §6.1).
 
 FLOPs are attributed to the blocks MultiStageUNet.forward calls directly. For a stage entering at
 level e, the trunk blocks it runs cost exactly what they cost in stage 0 (same resolution, same

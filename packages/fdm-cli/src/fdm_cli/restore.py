@@ -1,4 +1,5 @@
-"""Conditional generation without retraining: super-resolution and deblurring (DESIGN.md §2).
+"""Conditional generation without retraining: super-resolution and deblurring (docs/design.md §7.4
+(E30)).
 
 A low-resolution image y *is* a stage-j signal x^j of a down-sampling f-DM, and a blurred image
 is a stage-j signal of a blur f-DM. Starting the sampler in stage j at t = tau_j (or a later

@@ -1,4 +1,5 @@
-"""fdm-core: the f-DM multi-stage diffusion process (Gu et al., ICLR 2023). See DESIGN.md §2."""
+"""fdm-core: the f-DM multi-stage diffusion process (Gu et al., ICLR 2023). See docs/design.md
+§1."""
 
 from .checkpoint import (
     CheckpointError,

@@ -1,4 +1,5 @@
-"""Checkpoint I/O: safetensors for tensors, JSON for everything else, atomic writes (DESIGN.md §5).
+"""Checkpoint I/O: safetensors for tensors, JSON for everything else, atomic writes (docs/design.md
+§11.2).
 
 Never pickle. `save_state` takes a nested structure (dicts and lists of tensors, numbers,
 strings, bools, None) such as a model, optimizer and RNG state together; tensors go into the

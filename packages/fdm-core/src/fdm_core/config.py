@@ -1,4 +1,4 @@
-"""pydantic v2 configs for the f-DM process and the sampler (DESIGN.md §2).
+"""pydantic v2 configs for the f-DM process and the sampler (docs/design.md §10.3).
 
 Components (transforms, schedules) are given as registry specs ``{"name": ..., **params}``; the
 config validates names against the plugin registry and parameters against each component's own
@@ -153,7 +153,7 @@ def _one_line(exc: Exception) -> str:
 
 
 class SamplerConfig(BaseModel):
-    """The DDIM-family sampler (DESIGN.md §2, "Sampler"): eta 0 is DDIM, 1 ancestral DDPM."""
+    """The DDIM-family sampler (docs/design.md §7): eta 0 is DDIM, 1 ancestral DDPM."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,4 +1,5 @@
-"""The plugin hooks of fdm (DESIGN.md §4). Built-ins implement them exactly as third parties do.
+"""The plugin hooks of fdm (docs/design.md §10.2). Built-ins implement them exactly as third
+parties do.
 
 A plugin is a module (or object) exposed through the ``fdm`` entry-point group whose functions are
 marked with `hookimpl`::

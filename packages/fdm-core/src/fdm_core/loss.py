@@ -1,4 +1,4 @@
-"""The f-DM training loss (DESIGN.md §2, "Network and target" and "Training").
+"""The f-DM training loss (docs/design.md §6.2, §6.3 (E20-E23)).
 
 t is stratified across the batch: each stage gets at least one sample when the batch holds at
 least as many samples as there are stages, the rest are shared in proportion to stage length,

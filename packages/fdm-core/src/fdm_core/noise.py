@@ -1,4 +1,4 @@
-"""Per-sample, per-stage Gaussian noise for sampling (DESIGN.md §2, "latent manipulation").
+"""Per-sample, per-stage Gaussian noise for sampling (docs/design.md §8 (E31, E32)).
 
 `StageNoise` draws noise from a counter-based generator: every value is a hash of (sample seed,
 stage, draw index, element index), turned into a Gaussian by Box-Muller. So a sample's noise does

@@ -1,7 +1,7 @@
 """The f-DM forward process: stage signals, interpolated means, rescaled log-SNR, boundary steps.
 
-Implements DESIGN.md §2. Stage k (0..K) owns t in [tau_k, tau_{k+1}); its signal x^k has shape
-`stage_shapes[k]`. Inside stage k < K the mean is the interpolation
+Implements docs/design.md §2-§5. Stage k (0..K) owns t in [tau_k, tau_{k+1}); its signal x^k
+has shape `stage_shapes[k]`. Inside stage k < K the mean is the interpolation
 
     x_t = (1 - delta_t) x^k + delta_t g(f(x^k)) = M_t x^k,
     delta_t = (t - tau_k) / (tau_{k+1} - tau_k)
@@ -129,7 +129,7 @@ class FDMProcess:
     def target(
         self, x_stage: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, k: int
     ) -> torch.Tensor:
-        """Training target of the network output F (DESIGN.md §2, "Network and target").
+        """Training target of the network output F (docs/design.md §6.2 (E19)).
 
         v: (alpha_t z_t - x^k) / sigma_t (v-prediction against the stage-start signal);
         x0: x^k; eps: eps.
@@ -187,7 +187,8 @@ class FDMProcess:
     def up_step(
         self, z_next: torch.Tensor, k: int, xi: torch.Tensor, clean_next: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Reverse crossing at tau = tau_{k+1}, from stage k+1 to stage k (DESIGN.md §2).
+        """Reverse crossing at tau = tau_{k+1}, from stage k+1 to stage k (docs/design.md §5,
+        (E15)-(E17)).
 
         projection: z^(k) = c_k g(z^(k+1)) + sigma_k (I - P) xi, the exact conditional;
         identity:   z^(k) = c_k z^(k+1) (c_k = 1 when the dimension does not change);

@@ -1,4 +1,4 @@
-"""The DDIM-family sampler across stages (DESIGN.md §2, "Sampler").
+"""The DDIM-family sampler across stages (docs/design.md §7 (E25-E30)).
 
 The time grid contains every boundary tau_k. A step t -> s inside stage k, with the clean
 prediction xhat^k of the network:

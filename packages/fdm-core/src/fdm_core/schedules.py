@@ -1,4 +1,5 @@
-"""Noise schedules lambda(t) and stage schedules tau_1..tau_K (DESIGN.md §2).
+"""Noise schedules lambda(t) and stage schedules tau_1..tau_K (docs/design.md §1, §3.2, §4 (E7, E8,
+E11)).
 
 Noise schedules give the base log-SNR lambda(t) on t in [0, 1] (decreasing: t = 0 is clean,
 t = 1 is noise). Alpha and sigma are variance preserving: alpha^2 = sigmoid(lambda),

@@ -1,5 +1,5 @@
-"""The `SignalTransform` conformance suite (DESIGN.md §4): one set of checks every transform,
-built-in or third-party, can run.
+"""The `SignalTransform` conformance suite (docs/design.md §10.4 (E14)): one set of checks every
+transform, built-in or third-party, can run.
 
 As a pytest mixin::
 

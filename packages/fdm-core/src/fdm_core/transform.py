@@ -1,6 +1,6 @@
 """The `SignalTransform` interface: one deterministic step f_{k+1} of the f-DM chain.
 
-See DESIGN.md §2 and §4.
+See docs/design.md §5 and §10.1.
 
 A transform maps a stage-k signal x^k to the stage-(k+1) signal x^{k+1} = f(x^k) (`encode`) and
 back, g: stage k+1 -> stage k (`decode`). Its `boundary` kind tells the process how to cross the
@@ -30,7 +30,7 @@ Shape = tuple[int, ...]
 
 
 class Boundary(str, Enum):
-    """How the sampler crosses the boundary after a transform (DESIGN.md §2, "Boundary kinds")."""
+    """How the sampler crosses the boundary after a transform (docs/design.md §5)."""
 
     PROJECTION = "projection"
     IDENTITY = "identity"

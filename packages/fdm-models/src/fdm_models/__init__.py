@@ -1,6 +1,6 @@
 """fdm-models: the multi-stage UNet, attention backends, blur/resampling ops, EMA, model I/O.
 
-See DESIGN.md §3 for where this package sits (cli -> transforms -> models -> core).
+See docs/design.md §11.1 for where this package sits (cli -> transforms -> models -> core).
 """
 
 from .attention import (

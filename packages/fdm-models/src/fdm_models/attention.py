@@ -1,4 +1,4 @@
-"""Attention backends for the UNet's self-attention blocks (DESIGN.md §3, §6).
+"""Attention backends for the UNet's self-attention blocks (docs/design.md §12.2).
 
 ``math`` is the reference softmax(Q K^T / sqrt(d)) V, ``sdpa`` is
 :func:`torch.nn.functional.scaled_dot_product_attention` (every device), ``xformers`` is

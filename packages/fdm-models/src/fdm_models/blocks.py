@@ -1,8 +1,8 @@
 """Building blocks of the multi-stage UNet: conditioning, residual and attention blocks.
 
-The conditioning vector of F(z_t, t, k) (DESIGN.md §2) is an MLP of sinusoidal features of
-1000 t plus a learned embedding of the stage index k; residual blocks read it through an
-adaptive group-norm scale and shift.
+The conditioning vector of F(z_t, t, k) (docs/design.md §6.1 (E18)) is an MLP of sinusoidal
+features of 1000 t plus a learned embedding of the stage index k; residual blocks read it through
+an adaptive group-norm scale and shift.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``UNetConfig``: the validated configuration of the multi-stage UNet (DESIGN.md §2, §3).
+"""``UNetConfig``: the validated configuration of the multi-stage UNet (docs/design.md §6.1).
 
 Level l of the UNet runs at the stage-0 resolution divided by 2**l with
 ``base_channels * channel_mult[l]`` channels. Every stage shape (C, H, W) must sit at one level:

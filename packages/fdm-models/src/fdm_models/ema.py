@@ -1,4 +1,4 @@
-"""Exponential moving average of model weights, used for sampling (DESIGN.md §3).
+"""Exponential moving average of model weights, used for sampling (docs/design.md §6.4 (E24)).
 
 After each optimiser step, ``update(model)`` moves every floating-point parameter of the shadow
 copy towards the model: shadow <- d * shadow + (1 - d) * param, with the warm-up decay

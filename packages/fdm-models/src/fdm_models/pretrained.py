@@ -3,7 +3,7 @@
 A directory holds ``config.json`` ({"unet": <UNetConfig>, plus any extra keys the caller stores,
 e.g. the f-DM process config}) and ``model.safetensors``. Both are written atomically (temporary
 file, fsync, ``os.replace``). Loading validates the config and checks the weights against it;
-pickle / ``torch.load`` are never used (DESIGN.md §5).
+pickle / ``torch.load`` are never used (docs/design.md §11.2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The multi-stage UNet F(z_t, t, k) shared by every f-DM stage (DESIGN.md §2, §3).
+"""The multi-stage UNet F(z_t, t, k) shared by every f-DM stage (docs/design.md §6.1).
 
 One trunk of ``len(channel_mult)`` levels serves all stages. Stage k enters the encoder at the
 level whose resolution equals its spatial size, through its own input convolution, and leaves

@@ -1,4 +1,5 @@
-"""Blur (DESIGN.md §2, boundary ``identity``): x^{k+1} = G x^k in the same space, g = identity.
+"""Blur (docs/design.md §5.3 (E16), boundary ``identity``): x^{k+1} = G x^k in the same space,
+g = identity.
 
 A chain of blur transforms composes: with per-stage sigmas s_1, s_2, ... stage k is the data
 blurred by all kernels up to k. ``kind="gaussian"`` uses a sampled, normalised Gaussian of

@@ -1,4 +1,4 @@
-"""Down-sampling by an integer factor (DESIGN.md §2, boundary ``projection``).
+"""Down-sampling by an integer factor (docs/design.md §5.2 (E14, E15), boundary ``projection``).
 
 f is mean pooling over factor x factor blocks and g nearest up-sampling, so f(g(y)) = y and
 P = g f is the orthogonal projection onto block-constant images; f maps white noise to white

@@ -1,5 +1,5 @@
 """fdm-transforms' plugin module: registers the built-in transforms through the same ``fdm``
-entry point and hook a third-party package uses (DESIGN.md §4)."""
+entry point and hook a third-party package uses (docs/design.md §10.2)."""
 
 from __future__ import annotations
 

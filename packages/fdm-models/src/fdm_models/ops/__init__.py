@@ -1,4 +1,4 @@
-"""Blur and resampling ops used by the transforms and the UNet (DESIGN.md §3, §6).
+"""Blur and resampling ops used by the transforms and the UNet (docs/design.md §12.1).
 
 The three public functions keep the signatures of :mod:`fdm_models.ops.reference` and run the
 ``fdm::`` custom ops: Triton kernels on CUDA tensors when Triton is importable, the torch

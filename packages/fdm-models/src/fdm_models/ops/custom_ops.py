@@ -6,10 +6,10 @@ Triton is importable and torch otherwise. The public wrappers read the default f
 environment variable ``FDM_OPS_BACKEND`` (``auto`` when unset). Forcing ``triton`` on CPU tensors
 works only under the Triton interpreter (``TRITON_INTERPRET=1``, used by the tests).
 
-Every op has a fake (meta) implementation and an autograd formula (DESIGN.md §6): the backward
-of mean down-sampling is nearest up-sampling / factor², that of nearest up-sampling is
-down-sampling * factor², and the blur backward is its exact adjoint (transposed convolutions, then
-the adjoint of reflect padding).
+Every op has a fake (meta) implementation and an autograd formula (docs/design.md §12.1 (E34)):
+the backward of mean down-sampling is nearest up-sampling / factor², that of nearest up-sampling
+is down-sampling * factor², and the blur backward is its exact adjoint (transposed convolutions,
+then the adjoint of reflect padding).
 """
 
 from __future__ import annotations

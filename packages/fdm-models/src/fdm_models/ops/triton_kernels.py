@@ -1,4 +1,4 @@
-"""Triton kernels for the blur and resampling ops (DESIGN.md §3, §6).
+"""Triton kernels for the blur and resampling ops (docs/design.md §12.1).
 
 Every kernel works on (B, C, H, W) tensors addressed through their four strides, so
 non-contiguous inputs need no copy, accumulates in fp32 and writes a contiguous output in the
