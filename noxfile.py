@@ -20,9 +20,11 @@ ROOT = Path(__file__).parent
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check over packages, tests and bench."""
+    """ruff check and ruff format --check over packages, tests and bench."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "packages", "tests", "bench", "noxfile.py")
+    paths = ("packages", "tests", "bench", "noxfile.py")
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session
@@ -49,15 +51,30 @@ def package(session: nox.Session) -> None:
     run = tmp / "run"
     tiny = ["--set", "model.base_channels=8", "--set", "model.num_heads=2",
             "--set", "sample.num=4", "--set", "sample.steps=6"]  # fmt: skip
-    session.run("fdm", "train", "--max-steps", "2", "--batch-size", "8", "--device", "cpu",
-                "--no-progress", "--out", str(run), *tiny)
+    session.run(
+        "fdm",
+        "train",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(run),
+        *tiny,
+    )
     session.run("fdm", "sample", str(run), "--num", "4", "--steps", "6", "--out", "grid.png")
-    session.run("fdm", "sample", str(run / "model"), "--num", "4", "--steps", "6",
-                "--out-dir", "one-by-one")
-    check = ("from pathlib import Path; from importlib.resources import files; "
-             "from PIL import Image; assert Image.open('grid.png').size == (70, 70); "
-             "assert len(list(Path('one-by-one').glob('*.png'))) == 4; "
-             "assert (files('fdm_cli') / 'data' / 'FASHION-MNIST-LICENSE.txt').is_file()")
+    session.run(
+        "fdm", "sample", str(run / "model"), "--num", "4", "--steps", "6", "--out-dir", "one-by-one"
+    )
+    check = (
+        "from pathlib import Path; from importlib.resources import files; "
+        "from PIL import Image; assert Image.open('grid.png').size == (70, 70); "
+        "assert len(list(Path('one-by-one').glob('*.png'))) == 4; "
+        "assert (files('fdm_cli') / 'data' / 'FASHION-MNIST-LICENSE.txt').is_file()"
+    )
     session.run("python", "-c", check)
     session.run("fdm", "plugins")
     session.run("fdm", "env")

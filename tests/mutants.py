@@ -40,52 +40,74 @@ REDUCTIONS = "tests/fdm_core/test_reductions.py"
 MUTANTS = {
     "ddim-noise-scale": Mutant(
         "DDIM noise scale c without its sigma_s / sigma_t factor",
-        "fdm_core.sampler", "ddim_step",
-        "c = eta * (sigma_s / sigma_t) * (", "c = eta * (",
-        (f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds3-1.0-noise]",
-         f"{SAMPLER}::test_oracle_noisy_path_is_exact[blur3-0.5-mid-stage]",
-         f"{SAMPLER}::test_ddim_step_preserves_the_marginal_under_a_moving_mean[1.0]",
-         f"{REDUCTIONS}::test_k0_ddim_step_is_textbook_ddim[1.0]"),
+        "fdm_core.sampler",
+        "ddim_step",
+        "c = eta * (sigma_s / sigma_t) * (",
+        "c = eta * (",
+        (
+            f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds3-1.0-noise]",
+            f"{SAMPLER}::test_oracle_noisy_path_is_exact[blur3-0.5-mid-stage]",
+            f"{SAMPLER}::test_ddim_step_preserves_the_marginal_under_a_moving_mean[1.0]",
+            f"{REDUCTIONS}::test_k0_ddim_step_is_textbook_ddim[1.0]",
+        ),
     ),
     "boundary-sigma-of-next-stage": Mutant(
         "the (I - P) boundary noise scaled by sigma_{k+1} instead of sigma_k",
-        "fdm_core.process", "FDMProcess.up_step",
-        "self.alpha_sigma(tau, k))", "self.alpha_sigma(tau, k + 1))",
-        (f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds3-0.0-noise]",
-         f"{SAMPLER}::test_oracle_noisy_path_is_exact[blur-ds-blur-0.0-noise]",
-         f"{SAMPLER}::test_oracle_noisy_path_is_exact[renoise-0.5-noise]",
-         f"{BOUNDARIES}::test_up_step_noise_is_isotropic_and_recovers_the_stage_marginal"),
+        "fdm_core.process",
+        "FDMProcess.up_step",
+        "self.alpha_sigma(tau, k))",
+        "self.alpha_sigma(tau, k + 1))",
+        (
+            f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds3-0.0-noise]",
+            f"{SAMPLER}::test_oracle_noisy_path_is_exact[blur-ds-blur-0.0-noise]",
+            f"{SAMPLER}::test_oracle_noisy_path_is_exact[renoise-0.5-noise]",
+            f"{BOUNDARIES}::test_up_step_noise_is_isotropic_and_recovers_the_stage_marginal",
+        ),
     ),
     "plain-up-sampling": Mutant(
         "the projection up-step without its (I - P) noise: plain up-sampling of z",
-        "fdm_core.process", "FDMProcess.up_step",
-        " + sigma * orthogonal", "",
-        (f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds2-0.5-boundary]",
-         f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds-factor3-0.0-noise]",
-         f"{BOUNDARIES}::test_up_step_noise_is_isotropic_and_recovers_the_stage_marginal"),
+        "fdm_core.process",
+        "FDMProcess.up_step",
+        " + sigma * orthogonal",
+        "",
+        (
+            f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds2-0.5-boundary]",
+            f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds-factor3-0.0-noise]",
+            f"{BOUNDARIES}::test_up_step_noise_is_isotropic_and_recovers_the_stage_marginal",
+        ),
     ),
     "mean-frozen-in-step": Mutant(
         "the mean frozen at M_t inside a step (M_s not used)",
-        "fdm_core.sampler", "ddim_step",
-        "process.mean(clean, ss, k)", "process.mean(clean, tt, k)",
-        (f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds2-0.0-noise]",
-         f"{SAMPLER}::test_oracle_noisy_path_is_exact[blur3-0.5-boundary]",
-         f"{SAMPLER}::test_ddim_step_preserves_the_marginal_under_a_moving_mean[0.0]"),
+        "fdm_core.sampler",
+        "ddim_step",
+        "process.mean(clean, ss, k)",
+        "process.mean(clean, tt, k)",
+        (
+            f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds2-0.0-noise]",
+            f"{SAMPLER}::test_oracle_noisy_path_is_exact[blur3-0.5-boundary]",
+            f"{SAMPLER}::test_ddim_step_preserves_the_marginal_under_a_moving_mean[0.0]",
+        ),
     ),
     "rescaling-offset-dropped": Mutant(
         "the resolution-aware offset gamma log(d_0 / d_k) dropped from the log-SNR",
-        "fdm_core.process", "FDMProcess.logsnr",
-        "return self.noise_schedule.logsnr(t) + offset", "return self.noise_schedule.logsnr(t)",
-        (f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds3-0.0-noise]",
-         f"{BOUNDARIES}::test_down_step_gives_the_next_stage_marginal[2]",
-         "tests/fdm_core/test_terminal_noise.py::"
-         "test_anneal_keeps_the_boundaries_exact_and_the_last_stage_monotone[cosine]",
-         "tests/fdm_core/test_golden.py::test_golden_values[fdm-ds-ddim]"),
+        "fdm_core.process",
+        "FDMProcess.logsnr",
+        "return self.noise_schedule.logsnr(t) + offset",
+        "return self.noise_schedule.logsnr(t)",
+        (
+            f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds3-0.0-noise]",
+            f"{BOUNDARIES}::test_down_step_gives_the_next_stage_marginal[2]",
+            "tests/fdm_core/test_terminal_noise.py::"
+            "test_anneal_keeps_the_boundaries_exact_and_the_last_stage_monotone[cosine]",
+            "tests/fdm_core/test_golden.py::test_golden_values[fdm-ds-ddim]",
+        ),
     ),
     "delta-not-clamped": Mutant(
         "the interpolation weight delta not clamped to [0, 1] at the stage ends",
-        "fdm_core.process", "FDMProcess.delta",
-        ".clamp(0.0, 1.0)", "",
+        "fdm_core.process",
+        "FDMProcess.delta",
+        ".clamp(0.0, 1.0)",
+        "",
         (f"{BOUNDARIES}::test_interpolation_weight_is_clamped_to_its_stage",),
     ),
 }
@@ -104,8 +126,13 @@ def mutate(mutant: Mutant, monkeypatch: pytest.MonkeyPatch) -> None:
         f"{mutant.module}.{mutant.function}; update tests/mutants.py to the current code"
     )
     namespace = dict(vars(module))
-    code = compile(source.replace(mutant.original, mutant.mutated), module.__file__, "exec",
-                   flags=__future__.annotations.compiler_flag, dont_inherit=True)
+    code = compile(
+        source.replace(mutant.original, mutant.mutated),
+        module.__file__,
+        "exec",
+        flags=__future__.annotations.compiler_flag,
+        dont_inherit=True,
+    )
     exec(code, namespace)
     monkeypatch.setattr(owner, name, namespace[name])
     package = importlib.import_module(mutant.module.split(".")[0])

@@ -22,9 +22,23 @@ def test_the_suite_catches_the_mutant(name):
     mutant = MUTANTS[name]
     env = {**os.environ, ENV: name}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "-p",
-         "tests.mutants", *mutant.caught_by],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rf",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.mutants",
+            *mutant.caught_by,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1, f"{mutant.what}: pytest exited {result.returncode}\n{output}"

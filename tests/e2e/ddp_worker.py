@@ -19,9 +19,16 @@ from fdm_cli.train import run_training
 def main() -> None:
     run_dir, weights_dir = Path(sys.argv[1]), Path(sys.argv[2])
     flags = {"train.max_steps": 3, "train.batch_size": 8, "train.device": "cpu"}
-    overrides = ["model.base_channels=8", "model.num_heads=2", "train.checkpoint_every=2",
-                 "sample.num=5", "sample.steps=3", "sample.strip_rows=2",
-                 "optim.warmup_steps=1", "train.dist_timeout_s=120"]
+    overrides = [
+        "model.base_channels=8",
+        "model.num_heads=2",
+        "train.checkpoint_every=2",
+        "sample.num=5",
+        "sample.steps=3",
+        "sample.strip_rows=2",
+        "optim.warmup_steps=1",
+        "train.dist_timeout_s=120",
+    ]
     cfg = resolve_train_config(None, "fdm-ds", flags, overrides)
     result = run_training(cfg, run_dir, show_progress=False)
     rank = int(os.environ["RANK"])

@@ -15,9 +15,22 @@ import pytest
 from PIL import Image
 
 TINY = [
-    "--set", "model.base_channels=8", "--set", "model.num_heads=2", "--set", "sample.num=4",
-    "--set", "sample.steps=4", "--set", "sample.strip_rows=2", "--batch-size", "6",
-    "--device", "cpu", "--set", "train.log_every=1",
+    "--set",
+    "model.base_channels=8",
+    "--set",
+    "model.num_heads=2",
+    "--set",
+    "sample.num=4",
+    "--set",
+    "sample.steps=4",
+    "--set",
+    "sample.strip_rows=2",
+    "--batch-size",
+    "6",
+    "--device",
+    "cpu",
+    "--set",
+    "train.log_every=1",
 ]
 
 
@@ -29,12 +42,14 @@ def fdm_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "fdm_cli"]
 
 
-def run(args: list[str | Path], module: bool = False,
-        timeout: float = 300) -> subprocess.CompletedProcess:
+def run(
+    args: list[str | Path], module: bool = False, timeout: float = 300
+) -> subprocess.CompletedProcess:
     base = [sys.executable, "-m", "fdm_cli"] if module else fdm_command()
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([*base, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [*base, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.mark.slow
@@ -47,8 +62,21 @@ def test_train_sample_super_resolve_as_processes(tmp_path: Path) -> None:
     assert (run_dir / "model" / "model.safetensors").is_file()
 
     grid = tmp_path / "grid.png"
-    done = run(["sample", run_dir / "model", "--num", "9", "--steps", "6", "--out", grid,
-                "--strip", tmp_path / "strip.png"], module=True)
+    done = run(
+        [
+            "sample",
+            run_dir / "model",
+            "--num",
+            "9",
+            "--steps",
+            "6",
+            "--out",
+            grid,
+            "--strip",
+            tmp_path / "strip.png",
+        ],
+        module=True,
+    )
     assert done.returncode == 0, done.stderr
     image = np.asarray(Image.open(grid))
     assert image.shape == (3 * 34 + 2, 3 * 34 + 2) and image[2:34, 2:34].std() > 1
@@ -75,8 +103,10 @@ def test_blur_preset_and_deblur_as_processes(tmp_path: Path) -> None:
 def test_user_error_is_one_line_with_status_2(tmp_path: Path) -> None:
     done = run(["train", "--set", "process.gamma", "--dry-run"])
     assert done.returncode == 2
-    assert done.stderr.strip() == ("fdm: error: --set expects key=value with a dotted key "
-                                   "(e.g. process.gamma=0), got 'process.gamma'")
+    assert done.stderr.strip() == (
+        "fdm: error: --set expects key=value with a dotted key "
+        "(e.g. process.gamma=0), got 'process.gamma'"
+    )
     assert done.stdout == ""
     debug = run(["train", "--set", "process.gamma", "--dry-run", "--debug"])
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "UserError" in debug.stderr
@@ -84,7 +114,8 @@ def test_user_error_is_one_line_with_status_2(tmp_path: Path) -> None:
     assert choice.returncode == 2 and choice.stdout == ""
     assert choice.stderr.strip() == (
         "fdm: error: Invalid value for '--preset': 'nope' is not one of 'fdm-ds', 'fdm-blur-g', "
-        "'fdm-blur-u', 'ddpm'. (see 'fdm train --help')")
+        "'fdm-blur-u', 'ddpm'. (see 'fdm train --help')"
+    )
     bad_flag = run(["sample", "--bogus"])
     assert bad_flag.returncode == 2 and "No such option" in bad_flag.stderr
     assert bad_flag.stderr.strip().startswith("fdm: error:")
@@ -94,8 +125,17 @@ def test_user_error_is_one_line_with_status_2(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sigint_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    cmd = [*fdm_command(), "train", "--out", str(run_dir), "--max-steps", "100000", *TINY,
-           "--set", "train.checkpoint_every=100000"]
+    cmd = [
+        *fdm_command(),
+        "train",
+        "--out",
+        str(run_dir),
+        "--max-steps",
+        "100000",
+        *TINY,
+        "--set",
+        "train.checkpoint_every=100000",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -27,8 +27,13 @@ def _files(root: Path) -> set[str]:
 def test_two_ranks_train_identical_weights_and_write_once(tmp_path: Path) -> None:
     worker = Path(__file__).with_name("ddp_worker.py")
     run_dir, weights = tmp_path / "run", tmp_path / "weights"
-    done = subprocess.run([*TORCHRUN, str(worker), str(run_dir), str(weights)],
-                          capture_output=True, text=True, timeout=300, env=ENV)
+    done = subprocess.run(
+        [*TORCHRUN, str(worker), str(run_dir), str(weights)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     rank0 = load_file(weights / "rank0.safetensors")
     rank1 = load_file(weights / "rank1.safetensors")
@@ -40,18 +45,27 @@ def test_two_ranks_train_identical_weights_and_write_once(tmp_path: Path) -> Non
     raw = load_model(run_dir, ema=False).unet.state_dict()
     assert all(torch.equal(raw[k], rank0[k]) for k in rank0)
     assert _files(run_dir) == {
-        "config.yaml", "loss.csv", "loss.png", "checkpoints/latest",
-        "checkpoints/step-00000002.safetensors", "checkpoints/step-00000003.safetensors",
-        "samples/step-00000002.png", "samples/strip-00000002.png",
-        "samples/final.png", "samples/final-strip.png",
-        "model/config.json", "model/model.safetensors",
+        "config.yaml",
+        "loss.csv",
+        "loss.png",
+        "checkpoints/latest",
+        "checkpoints/step-00000002.safetensors",
+        "checkpoints/step-00000003.safetensors",
+        "samples/step-00000002.png",
+        "samples/strip-00000002.png",
+        "samples/final.png",
+        "samples/final-strip.png",
+        "model/config.json",
+        "model/model.safetensors",
     }
     assert [r[0] for r in read_loss_csv(run_dir / "loss.csv")] == [1, 2, 3]
     # 5 samples split over 2 ranks (3 + 2) and gathered: a 3x2 grid, every tile filled
     grid = np.asarray(Image.open(run_dir / "samples" / "final.png"))
     assert grid.shape == (2 * 34 + 2, 3 * 34 + 2)
-    tiles = [grid[2 + r * 34 : 34 + r * 34, 2 + c * 34 : 34 + c * 34] for r, c in
-             ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1))]
+    tiles = [
+        grid[2 + r * 34 : 34 + r * 34, 2 + c * 34 : 34 + c * 34]
+        for r, c in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1))
+    ]
     assert all(t.std() > 1 for t in tiles)
     assert not np.array_equal(tiles[2], tiles[3])  # rank 0's last and rank 1's first differ
 
@@ -61,12 +75,30 @@ def test_fdm_train_command_under_torchrun(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # 2 images per rank < 3 stages: a rank may miss a stage's head, so DDP must be told to
     # look for unused parameters (train.find_unused_parameters=auto does it).
-    args = ["-m", "fdm_cli", "train", "--out", str(run_dir), "--max-steps", "2",
-            "--batch-size", "4", "--device", "cpu", "--set", "model.base_channels=8",
-            "--set", "model.num_heads=2", "--set", "sample.num=2", "--set", "sample.steps=3",
-            "--set", "train.dist_timeout_s=120"]
-    done = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=300,
-                          env=ENV)
+    args = [
+        "-m",
+        "fdm_cli",
+        "train",
+        "--out",
+        str(run_dir),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--set",
+        "model.base_channels=8",
+        "--set",
+        "model.num_heads=2",
+        "--set",
+        "sample.num=2",
+        "--set",
+        "sample.steps=3",
+        "--set",
+        "train.dist_timeout_s=120",
+    ]
+    done = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=300, env=ENV)
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("fdm train fdm-ds") == 1  # only rank 0 talks
     assert "on 2 x cpu" in done.stdout

@@ -11,10 +11,25 @@ from fdm_cli.app import app
 
 # A UNet of ~0.08M parameters, a handful of steps and a 4-image sample grid: seconds, not minutes.
 TINY = [
-    "--set", "model.base_channels=8", "--set", "model.num_heads=2",
-    "--set", "sample.num=4", "--set", "sample.steps=6", "--set", "sample.strip_rows=2",
-    "--set", "train.log_every=1", "--set", "optim.warmup_steps=2",
-    "--batch-size", "6", "--device", "cpu", "--no-progress",
+    "--set",
+    "model.base_channels=8",
+    "--set",
+    "model.num_heads=2",
+    "--set",
+    "sample.num=4",
+    "--set",
+    "sample.steps=6",
+    "--set",
+    "sample.strip_rows=2",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "optim.warmup_steps=2",
+    "--batch-size",
+    "6",
+    "--device",
+    "cpu",
+    "--no-progress",
 ]
 
 
@@ -27,8 +42,9 @@ def run_cli(*args: str | Path) -> object:
 def ds_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny fdm-ds run (4 steps, checkpoints every 2)."""
     run_dir = tmp_path_factory.mktemp("runs") / "ds"
-    result = run_cli("train", "--out", run_dir, "--max-steps", "4", "--set",
-                     "train.checkpoint_every=2", *TINY)
+    result = run_cli(
+        "train", "--out", run_dir, "--max-steps", "4", "--set", "train.checkpoint_every=2", *TINY
+    )
     assert result.exit_code == 0, result.output
     return run_dir
 
@@ -37,8 +53,7 @@ def ds_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def blur_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny fdm-blur-g run (2 steps)."""
     run_dir = tmp_path_factory.mktemp("runs") / "blur"
-    result = run_cli("train", "--preset", "fdm-blur-g", "--out", run_dir, "--max-steps", "2",
-                     *TINY)
+    result = run_cli("train", "--preset", "fdm-blur-g", "--out", run_dir, "--max-steps", "2", *TINY)
     assert result.exit_code == 0, result.output
     return run_dir
 

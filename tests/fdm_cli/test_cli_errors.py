@@ -32,8 +32,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 TRAIN_ERRORS = [
-    (["--preset", "fdm-xyz"], "Invalid value for '--preset': 'fdm-xyz' is not one of 'fdm-ds', "
-                              "'fdm-blur-g', 'fdm-blur-u', 'ddpm'. (see 'fdm train --help')"),
+    (
+        ["--preset", "fdm-xyz"],
+        "Invalid value for '--preset': 'fdm-xyz' is not one of 'fdm-ds', "
+        "'fdm-blur-g', 'fdm-blur-u', 'ddpm'. (see 'fdm train --help')",
+    ),
     (["--set", "process.gamma"], "--set expects key=value"),
     (["--set", "model.nonsense=1"], "model.nonsense: Extra inputs are not permitted"),
     (["--set", "process.gamma=abc"], "process.gamma: Input should be a valid number"),
@@ -43,8 +46,10 @@ TRAIN_ERRORS = [
     (["--max-steps", "0"], "train.max_steps: Input should be greater than 0"),
     (["--batch-size", "-2"], "train.batch_size: Input should be greater than 0"),
     (["--lr", "-1"], "optim.lr: Input should be greater than 0"),
-    (["--precision", "fp16"], "Invalid value for '--precision': 'fp16' is not one of 'fp32', "
-                              "'bf16'"),
+    (
+        ["--precision", "fp16"],
+        "Invalid value for '--precision': 'fp16' is not one of 'fp32', 'bf16'",
+    ),
     (["--set", "train.precision=fp16"], "train.precision: Input should be 'fp32' or 'bf16'"),
     (["--device", "tpu"], "train.device: unknown device 'tpu'; allowed: auto, cpu, cuda, cuda:N"),
     (["--set", "train.device=cuda:x"], "unknown device 'cuda:x'; allowed: auto, cpu, cuda"),
@@ -78,8 +83,9 @@ def test_train_user_errors(args: list[str], message: str, tmp_path: Path, cli) -
         ("preset.yaml", "unknown preset 'fdm-xyz'; allowed: fdm-ds, fdm-blur-g, fdm-blur-u"),
     ],
 )
-def test_train_config_file_errors(name: str, message: str, files: dict, tmp_path: Path,
-                                  cli) -> None:
+def test_train_config_file_errors(
+    name: str, message: str, files: dict, tmp_path: Path, cli
+) -> None:
     path = files.get(name, tmp_path / name)
     result = cli("train", path, "--dry-run")
     assert result.exit_code == 2 and message in result.output
@@ -125,19 +131,22 @@ def test_existing_run_is_not_overwritten(ds_run: Path, cli, tiny) -> None:
     assert before == after  # nothing already written is lost
 
 
-def test_resume_with_a_different_process_is_refused(ds_run: Path, tmp_path: Path, cli,
-                                                    tiny) -> None:
+def test_resume_with_a_different_process_is_refused(
+    ds_run: Path, tmp_path: Path, cli, tiny
+) -> None:
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(ds_run, copy)
-    result = cli("train", "--out", copy, "--resume", "--max-steps", "8", *tiny, "--set",
-                 "process.gamma=0")
+    result = cli(
+        "train", "--out", copy, "--resume", "--max-steps", "8", *tiny, "--set", "process.gamma=0"
+    )
     assert result.exit_code == 2 and "the process config differs" in result.output
 
 
-@pytest.mark.parametrize("args", [["train", "--no-such-flag"], ["sample", "--bogus"],
-                                  ["no-such-command"], ["sample"]])
+@pytest.mark.parametrize(
+    "args", [["train", "--no-such-flag"], ["sample", "--bogus"], ["no-such-command"], ["sample"]]
+)
 def test_usage_errors_are_one_line_too(args: list[str], cli) -> None:
     result = cli(*args)
     assert result.exit_code == 2
@@ -159,20 +168,33 @@ SAMPLE_ERRORS = [
     (["{run}", "--num", "0"], "--num 0: must be positive"),
     (["{run}", "--out", "a.png", "--out-dir", "d"], "are alternatives"),
     (["{model}", "--no-ema"], "MODEL_DIR holding only the EMA weights"),
-    (["{run}", "--device", "quantum"],
-     "'--device': unknown device 'quantum'; allowed: auto, cpu, cuda, cuda:N"),
+    (
+        ["{run}", "--device", "quantum"],
+        "'--device': unknown device 'quantum'; allowed: auto, cpu, cuda, cuda:N",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("args", "message"), SAMPLE_ERRORS)
-def test_sample_user_errors(args: list[str], message: str, ds_run: Path, files: dict,
-                            tmp_path: Path, cli) -> None:
-    fill = {"run": ds_run, "model": ds_run / "model", "missing": tmp_path / "nope",
-            "no_ckpt": files["no_ckpt"], "corrupt": files["corrupt.safetensors"]}
+def test_sample_user_errors(
+    args: list[str], message: str, ds_run: Path, files: dict, tmp_path: Path, cli
+) -> None:
+    fill = {
+        "run": ds_run,
+        "model": ds_run / "model",
+        "missing": tmp_path / "nope",
+        "no_ckpt": files["no_ckpt"],
+        "corrupt": files["corrupt.safetensors"],
+    }
     argv = [a.format(**fill) for a in args]
     steps = [] if "--steps" in argv else ["--steps", "3"]
-    result = cli("sample", *argv, *steps, "--num" if "--num" not in argv else "--seed",
-                 "1" if "--num" not in argv else "0")
+    result = cli(
+        "sample",
+        *argv,
+        *steps,
+        "--num" if "--num" not in argv else "--seed",
+        "1" if "--num" not in argv else "0",
+    )
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert_one_error_line(result.output)
@@ -180,8 +202,13 @@ def test_sample_user_errors(args: list[str], message: str, ds_run: Path, files: 
 
 RESTORE_ERRORS = [
     ("super-resolve", "ds", ["odd20.png"], [], "is 20x20: no stage has that size"),
-    ("super-resolve", "ds", ["small8.png"], ["--from-stage", "1"],
-     "but stage 1 of this model is 16x16"),
+    (
+        "super-resolve",
+        "ds",
+        ["small8.png"],
+        ["--from-stage", "1"],
+        "but stage 1 of this model is 16x16",
+    ),
     ("super-resolve", "ds", ["red8.png"], [], "is a colour image but the model is grayscale"),
     ("super-resolve", "ds", ["fake.png"], [], "cannot read image"),
     ("super-resolve", "ds", ["missing.png"], [], "image not found"),
@@ -195,9 +222,18 @@ RESTORE_ERRORS = [
 
 
 @pytest.mark.parametrize(("command", "model", "images", "extra", "message"), RESTORE_ERRORS)
-def test_restore_user_errors(command: str, model: str, images: list[str], extra: list[str],
-                             message: str, ds_run: Path, blur_run: Path, files: dict,
-                             tmp_path: Path, cli) -> None:
+def test_restore_user_errors(
+    command: str,
+    model: str,
+    images: list[str],
+    extra: list[str],
+    message: str,
+    ds_run: Path,
+    blur_run: Path,
+    files: dict,
+    tmp_path: Path,
+    cli,
+) -> None:
     paths = [files.get(name, tmp_path / name) for name in images]
     model_dir = ds_run if model == "ds" else blur_run
     result = cli(command, model_dir, *paths, "--out", tmp_path / "out", "--steps", "3", *extra)

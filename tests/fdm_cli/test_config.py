@@ -51,15 +51,19 @@ def test_overrides_parse_yaml_values() -> None:
     assert parse_override("process.gamma=0") == (["process", "gamma"], 0)
     assert parse_override("process.interpolation=false") == (["process", "interpolation"], False)
     assert parse_override("model.channel_mult=[1, 2]") == (["model", "channel_mult"], [1, 2])
-    cfg = resolve_train_config(None, "fdm-ds", overrides=[
-        "process.transforms.1.factor=4", "model.channel_mult=[1, 2, 2, 2]"])
+    cfg = resolve_train_config(
+        None,
+        "fdm-ds",
+        overrides=["process.transforms.1.factor=4", "model.channel_mult=[1, 2, 2, 2]"],
+    )
     assert [list(s) for s in cfg.model.stage_shapes] == [[1, 32, 32], [1, 16, 16], [1, 4, 4]]
     assert cfg.process.transforms[0].as_dict()["factor"] == 2  # only the one transform changed
 
 
 def test_ablation_switches_and_forced_channels() -> None:
-    cfg = resolve_train_config(overrides=["process.gamma=0", "process.interpolation=false",
-                                          "data.channels=3"])
+    cfg = resolve_train_config(
+        overrides=["process.gamma=0", "process.interpolation=false", "data.channels=3"]
+    )
     assert cfg.process.gamma == 0 and cfg.process.interpolation is False
     assert cfg.process.channels == 3 and cfg.model.stage_shapes[0][0] == 3
 
@@ -76,8 +80,9 @@ def test_channels_follow_an_image_folder(tmp_path: Path) -> None:
 def test_layers_file_then_flags_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("preset: fdm-blur-g\noptim: {lr: 0.002}\ntrain: {seed: 5, max_steps: 7}\n")
-    cfg = resolve_train_config(path, None, {"optim.lr": 0.003, "train.seed": None},
-                               ["optim.lr=0.004"])
+    cfg = resolve_train_config(
+        path, None, {"optim.lr": 0.003, "train.seed": None}, ["optim.lr=0.004"]
+    )
     assert cfg.preset == "fdm-blur-g" and cfg.optim.lr == 0.004
     assert cfg.train.seed == 5  # a None flag is "not given"
     assert cfg.train.max_steps == 7 and cfg.train.minutes == 7.5  # the file may set both
@@ -162,8 +167,20 @@ def test_config_file_errors(tmp_path: Path) -> None:
 
 
 def test_dry_run_prints_resolved_config_and_writes_nothing(tmp_path: Path, cli) -> None:
-    result = cli("train", "--dry-run", "--out", tmp_path / "run", "--preset", "fdm-blur-g",
-                     "--set", "process.gamma=0", "--max-steps", "9", "--lr", "0.005")
+    result = cli(
+        "train",
+        "--dry-run",
+        "--out",
+        tmp_path / "run",
+        "--preset",
+        "fdm-blur-g",
+        "--set",
+        "process.gamma=0",
+        "--max-steps",
+        "9",
+        "--lr",
+        "0.005",
+    )
     assert result.exit_code == 0, result.output
     body = "\n".join(line for line in result.stdout.splitlines() if not line.startswith("#"))
     printed = yaml.safe_load(body)

@@ -14,8 +14,22 @@ from fdm_core import SamplerConfig
 
 
 def test_sample_grid_and_strip(ds_run: Path, tmp_path: Path, cli) -> None:
-    result = cli("sample", ds_run, "--num", "6", "--steps", "6", "--out", tmp_path / "g.png",
-                 "--strip", tmp_path / "s.png", "--strip-rows", "3", "--device", "cpu")
+    result = cli(
+        "sample",
+        ds_run,
+        "--num",
+        "6",
+        "--steps",
+        "6",
+        "--out",
+        tmp_path / "g.png",
+        "--strip",
+        tmp_path / "s.png",
+        "--strip-rows",
+        "3",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     grid = Image.open(tmp_path / "g.png")
     assert grid.size == (3 * 34 + 2, 2 * 34 + 2)
@@ -27,8 +41,9 @@ def test_model_dir_and_checkpoint_file_give_the_same_ema_samples(ds_run: Path) -
     config = SamplerConfig(steps=6)
     a = generate(load_model(ds_run), range(3), 5, config).x
     b = generate(load_model(ds_run / "model"), range(3), 5, config).x
-    c = generate(load_model(ds_run / "checkpoints" / "step-00000004.safetensors"), range(3), 5,
-                 config).x
+    c = generate(
+        load_model(ds_run / "checkpoints" / "step-00000004.safetensors"), range(3), 5, config
+    ).x
     assert torch.equal(a, b) and torch.equal(a, c)
     raw = generate(load_model(ds_run, ema=False), range(3), 5, config).x
     assert not torch.equal(a, raw)
@@ -41,8 +56,22 @@ def test_samples_do_not_depend_on_batch_size(ds_run: Path, tmp_path: Path, cli) 
     eight = generate(model, range(8), 11, config, batch_size=8).x
     assert torch.allclose(one, eight, atol=1e-5)
     for batch in ("1", "8"):
-        result = cli("sample", ds_run, "--num", "8", "--steps", "6", "--sampler", "ddpm",
-                     "--seed", "11", "--batch-size", batch, "--out-dir", tmp_path / batch)
+        result = cli(
+            "sample",
+            ds_run,
+            "--num",
+            "8",
+            "--steps",
+            "6",
+            "--sampler",
+            "ddpm",
+            "--seed",
+            "11",
+            "--batch-size",
+            batch,
+            "--out-dir",
+            tmp_path / batch,
+        )
         assert result.exit_code == 0, result.output
     files = sorted(p.name for p in (tmp_path / "1").iterdir())
     assert files == [f"sample-{i:05d}.png" for i in range(8)]
@@ -76,33 +105,65 @@ def test_super_resolve_from_each_stage(ds_run: Path, tmp_path: Path, cli) -> Non
     Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), "L").save(tmp_path / "b.png")
     Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), "L").save(tmp_path / "c.png")
     out = tmp_path / "sr"
-    result = cli("super-resolve", ds_run, tmp_path / "a.png", tmp_path / "b.png",
-                 tmp_path / "c.png", "--out", out, "--steps", "6")
+    result = cli(
+        "super-resolve",
+        ds_run,
+        tmp_path / "a.png",
+        tmp_path / "b.png",
+        tmp_path / "c.png",
+        "--out",
+        out,
+        "--steps",
+        "6",
+    )
     assert result.exit_code == 0, result.output
     assert "(stage 2)" in result.output and "(stage 1)" in result.output
     for name in ("a", "b", "c"):
         assert Image.open(out / f"{name}.png").size == (32, 32)
         assert Image.open(out / f"{name}-compare.png").size == (2 * 34 + 2, 34 + 2)
     # the output depends on the input
-    assert not np.array_equal(np.asarray(Image.open(out / "b.png")),
-                              np.asarray(Image.open(out / "c.png")))
+    assert not np.array_equal(
+        np.asarray(Image.open(out / "b.png")), np.asarray(Image.open(out / "c.png"))
+    )
     # --resize: any image, any stage
     Image.new("RGB", (50, 40), (10, 200, 30)).save(tmp_path / "big.png")
-    result = cli("super-resolve", ds_run / "model", tmp_path / "big.png", "--out", out,
-                 "--from-stage", "1", "--resize", "--start-t", "0.5", "--steps", "6")
+    result = cli(
+        "super-resolve",
+        ds_run / "model",
+        tmp_path / "big.png",
+        "--out",
+        out,
+        "--from-stage",
+        "1",
+        "--resize",
+        "--start-t",
+        "0.5",
+        "--steps",
+        "6",
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(out / "big.png").size == (32, 32)
 
 
 def test_deblur_blur_model(blur_run: Path, tmp_path: Path, cli) -> None:
     Image.new("L", (32, 32), 90).save(tmp_path / "blurry.png")
-    result = cli("deblur", blur_run, tmp_path / "blurry.png", "--out", tmp_path / "out",
-                 "--steps", "6")
+    result = cli(
+        "deblur", blur_run, tmp_path / "blurry.png", "--out", tmp_path / "out", "--steps", "6"
+    )
     assert result.exit_code == 0, result.output
     assert "(stage 2)" in result.output  # default: the most blurred stage
     assert Image.open(tmp_path / "out" / "blurry.png").size == (32, 32)
-    result = cli("deblur", blur_run, tmp_path / "blurry.png", "--out", tmp_path / "o1",
-                 "--from-stage", "1", "--steps", "6")
+    result = cli(
+        "deblur",
+        blur_run,
+        tmp_path / "blurry.png",
+        "--out",
+        tmp_path / "o1",
+        "--from-stage",
+        "1",
+        "--steps",
+        "6",
+    )
     assert result.exit_code == 0 and "(stage 1)" in result.output
 
 

@@ -17,14 +17,22 @@ from fdm_cli.train import learning_rate, run_training
 from fdm_core import load_state
 
 TINY = {
-    "model.base_channels": 8, "model.num_heads": 2, "train.batch_size": 6,
-    "train.device": "cpu", "train.checkpoint_every": 1000, "sample.num": 2, "sample.steps": 3,
-    "sample.strip_rows": 2, "optim.warmup_steps": 2, "train.log_every": 1,
+    "model.base_channels": 8,
+    "model.num_heads": 2,
+    "train.batch_size": 6,
+    "train.device": "cpu",
+    "train.checkpoint_every": 1000,
+    "sample.num": 2,
+    "sample.steps": 3,
+    "sample.strip_rows": 2,
+    "optim.warmup_steps": 2,
+    "train.log_every": 1,
 }
 
 
-def tiny_config(steps: int | None, minutes: float | None = None, preset: str = "fdm-ds",
-                **sets: object) -> TrainConfig:
+def tiny_config(
+    steps: int | None, minutes: float | None = None, preset: str = "fdm-ds", **sets: object
+) -> TrainConfig:
     """A tiny fdm-ds (or `preset`) trained for `steps` steps or `minutes`; `sets` are further
     dotted-key flags."""
     flags = {**TINY, "train.max_steps": steps, "train.minutes": minutes, **sets}
@@ -34,12 +42,20 @@ def tiny_config(steps: int | None, minutes: float | None = None, preset: str = "
 def test_run_dir_contents(ds_run: Path) -> None:
     names = {p.relative_to(ds_run).as_posix() for p in ds_run.rglob("*") if p.is_file()}
     expected = {
-        "config.yaml", "loss.csv", "loss.png", "checkpoints/latest",
-        "checkpoints/step-00000002.safetensors", "checkpoints/step-00000004.safetensors",
-        "samples/step-00000002.png", "samples/strip-00000002.png",
-        "samples/step-00000004.png", "samples/strip-00000004.png",
-        "samples/final.png", "samples/final-strip.png",
-        "model/config.json", "model/model.safetensors",
+        "config.yaml",
+        "loss.csv",
+        "loss.png",
+        "checkpoints/latest",
+        "checkpoints/step-00000002.safetensors",
+        "checkpoints/step-00000004.safetensors",
+        "samples/step-00000002.png",
+        "samples/strip-00000002.png",
+        "samples/step-00000004.png",
+        "samples/strip-00000004.png",
+        "samples/final.png",
+        "samples/final-strip.png",
+        "model/config.json",
+        "model/model.safetensors",
     }
     assert names == expected  # no temporary files, nothing pickled
     grid = Image.open(ds_run / "samples" / "final.png")
@@ -65,8 +81,15 @@ def test_checkpoint_holds_full_training_state(ds_run: Path) -> None:
 
 
 def test_keep_last_k_checkpoints(tmp_path: Path) -> None:
-    cfg = tiny_config(5, **{"train.checkpoint_every": 1, "train.keep_checkpoints": 2,
-                           "sample.num": 1, "sample.steps": 3})
+    cfg = tiny_config(
+        5,
+        **{
+            "train.checkpoint_every": 1,
+            "train.keep_checkpoints": 2,
+            "sample.num": 1,
+            "sample.steps": 3,
+        },
+    )
     run_training(cfg, tmp_path / "run", show_progress=False)
     kept = [step for step, _ in ckpt.list_checkpoints(tmp_path / "run")]
     assert kept == [4, 5]
@@ -92,14 +115,16 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert len(rows_a) == len(rows_b) == sa["progress"]["step"]
     for ra, rb in zip(rows_a, rows_b, strict=True):  # every column but elapsed_s, exactly
         assert [x for x in ra[:-1] if not math.isnan(x)] == [
-            x for x in rb[:-1] if not math.isnan(x)]
+            x for x in rb[:-1] if not math.isnan(x)
+        ]
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     cfg = tiny_config(6, **{"optim.decay": "cosine", "model.dropout": 0.1})
     run_training(cfg, tmp_path / "whole", show_progress=False)
-    stopped = run_training(cfg, tmp_path / "split", show_progress=False,
-                           should_stop=lambda step: step == 3)
+    stopped = run_training(
+        cfg, tmp_path / "split", show_progress=False, should_stop=lambda step: step == 3
+    )
     assert stopped.interrupted and stopped.step == 3
     assert not (tmp_path / "split" / "samples" / "final.png").exists()
     resumed = run_training(cfg, tmp_path / "split", resume=True, show_progress=False)
@@ -108,8 +133,17 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
 
 
 def test_cli_resume_extends_a_finished_run_exactly(tmp_path: Path, cli, tiny) -> None:
-    common = ["--set", "optim.decay=constant", "--set", "train.checkpoint_every=1000",
-              "--set", "sample.num=1", "--set", "sample.steps=3", *tiny]
+    common = [
+        "--set",
+        "optim.decay=constant",
+        "--set",
+        "train.checkpoint_every=1000",
+        "--set",
+        "sample.num=1",
+        "--set",
+        "sample.steps=3",
+        *tiny,
+    ]
     assert cli("train", "--out", tmp_path / "whole", "--max-steps", "4", *common).exit_code == 0
     assert cli("train", "--out", tmp_path / "split", "--max-steps", "2", *common).exit_code == 0
     result = cli("train", "--out", tmp_path / "split", "--max-steps", "4", "--resume", *common)
@@ -119,8 +153,9 @@ def test_cli_resume_extends_a_finished_run_exactly(tmp_path: Path, cli, tiny) ->
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
-    result = run_training(tiny_config(1, **{"sample.num": 1}), tmp_path / "new", resume=True,
-                          show_progress=False)
+    result = run_training(
+        tiny_config(1, **{"sample.num": 1}), tmp_path / "new", resume=True, show_progress=False
+    )
     assert result.step == 1 and (tmp_path / "new" / "model" / "config.json").is_file()
 
 
@@ -140,8 +175,9 @@ def test_minutes_budget_stops_training(tmp_path: Path) -> None:
 
 
 def test_ablation_and_ddpm_presets_train(tmp_path: Path) -> None:
-    cfg = tiny_config(1, preset="ddpm", **{"sample.num": 1, "sample.steps": 2,
-                                           "train.batch_size": 4})
+    cfg = tiny_config(
+        1, preset="ddpm", **{"sample.num": 1, "sample.steps": 2, "train.batch_size": 4}
+    )
     result = run_training(cfg, tmp_path / "ddpm", show_progress=False)
     assert result.step == 1
     cfg = tiny_config(1, **{"process.gamma": 0, "process.interpolation": False, "sample.num": 1})

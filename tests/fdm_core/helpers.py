@@ -46,8 +46,9 @@ def stage_ends(process: FDMProcess):
     return callback, seen
 
 
-def assert_marginal(process: FDMProcess, z: torch.Tensor, x: torch.Tensor, k: int, t: float,
-                    tol: float = 5.0) -> None:
+def assert_marginal(
+    process: FDMProcess, z: torch.Tensor, x: torch.Tensor, k: int, t: float, tol: float = 5.0
+) -> None:
     """z (N samples for one image x) is distributed as q(z_t | x) = N(alpha_t M_t x^k, sigma_t^2 I)
     in stage k: z / alpha_t is close to the mean, and the implied noise
     eps = (z - alpha_t M_t x^k) / sigma_t is white: mean 0 and variance 1 at every pixel, and no

@@ -89,8 +89,14 @@ def test_oracle_noisy_path_is_exact(chain, eta, begin):
         signal = process.stage_signal(x, 1).expand(N, -1, -1, -1)
         start = Start(stage=1, signal=signal, t=None if begin == "boundary" else (lo + hi) / 2)
     callback, ends = stage_ends(process)
-    out = sample(process, oracle(process, x), SamplerConfig(steps=12, eta=eta),
-                 StageNoise(range(N)), start, callback=callback)
+    out = sample(
+        process,
+        oracle(process, x),
+        SamplerConfig(steps=12, eta=eta),
+        StageNoise(range(N)),
+        start,
+        callback=callback,
+    )
     assert (out.x - x).abs().max() < 1e-3
     assert_marginal(process, out.z, x, 0, 0.0)
     top = process.num_stages - 1 if start is None else 1
@@ -109,8 +115,13 @@ def test_ablations_still_recover_the_training_image(chain, ablation):
     process = chain_process(chain, **ablation)
     x = torch.rand(1, *process.stage_shapes[0]) * 2 - 1
     callback, ends = stage_ends(process)
-    out = sample(process, oracle(process, x), SamplerConfig(steps=30, eta=0.5),
-                 StageNoise(range(4)), callback=callback)
+    out = sample(
+        process,
+        oracle(process, x),
+        SamplerConfig(steps=30, eta=0.5),
+        StageNoise(range(4)),
+        callback=callback,
+    )
     assert (out.x - x).abs().max() < 1e-3
     assert sorted(ends) == list(range(process.num_stages))
     for k, (_, _, clean) in ends.items():
@@ -186,8 +197,13 @@ def test_stage_seeds_fix_one_stage_only():
     base_callback, base = stage_ends(process)
     fixed_callback, fixed = stage_ends(process)
     sample(process, _noise_model, config, StageNoise([0, 1]), callback=base_callback)
-    out = sample(process, _noise_model, config, StageNoise([0, 1], stage_seeds={2: 7}),
-                 callback=fixed_callback)
+    out = sample(
+        process,
+        _noise_model,
+        config,
+        StageNoise([0, 1], stage_seeds={2: 7}),
+        callback=fixed_callback,
+    )
     # the coarsest stage's noise is now shared by both samples
     assert torch.allclose(fixed[2][1][0], fixed[2][1][1])
     assert not torch.allclose(base[2][1][0], base[2][1][1])

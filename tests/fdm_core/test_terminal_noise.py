@@ -30,8 +30,9 @@ ONE = torch.ones(1, dtype=torch.float64)
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_last_stage_ends_at_the_base_terminal_noise_level(schedule, chain):
     resolution, transforms = CHAINS[chain]
-    process = make_process(transforms, resolution=resolution, channels=3,
-                           noise_schedule={"name": schedule})
+    process = make_process(
+        transforms, resolution=resolution, channels=3, noise_schedule={"name": schedule}
+    )
     top = process.num_stages - 1
     alpha = float(process.alpha_sigma(ONE, top)[0])
     assert alpha <= TERMINAL_ALPHA_MAX
@@ -40,10 +41,12 @@ def test_last_stage_ends_at_the_base_terminal_noise_level(schedule, chain):
 
 def test_without_the_anneal_the_offset_leaves_signal_at_t_1():
     """Control: a constant offset in stage K gives the alpha_K(1) the issue measured."""
-    for resolution, k, schedule, expected in [(32, 2, "cosine", 0.0022), (128, 5, "cosine", 0.018),
-                                              (128, 5, "linear_beta", 0.21)]:
-        process = make_process([DS] * k, resolution=resolution,
-                               noise_schedule={"name": schedule})
+    for resolution, k, schedule, expected in [
+        (32, 2, "cosine", 0.0022),
+        (128, 5, "cosine", 0.018),
+        (128, 5, "linear_beta", 0.21),
+    ]:
+        process = make_process([DS] * k, resolution=resolution, noise_schedule={"name": schedule})
         lam = process.noise_schedule.logsnr(ONE) + process.logsnr_offsets[k]
         assert float(torch.sigmoid(lam).sqrt()) == pytest.approx(expected, rel=0.1)
 
@@ -64,8 +67,10 @@ def test_anneal_keeps_the_boundaries_exact_and_the_last_stage_monotone(schedule)
     assert float(lam[-1] - base[-1]) == pytest.approx(0.0, abs=1e-12)
     inner = torch.linspace(0.0, process.boundaries[top], 50, dtype=torch.float64)
     for k in range(top):  # the stages below K keep the constant offset
-        assert torch.allclose(process.logsnr(inner, k) - process.noise_schedule.logsnr(inner),
-                              torch.full_like(inner, process.logsnr_offsets[k]))
+        assert torch.allclose(
+            process.logsnr(inner, k) - process.noise_schedule.logsnr(inner),
+            torch.full_like(inner, process.logsnr_offsets[k]),
+        )
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -75,8 +80,9 @@ def test_training_z_at_t_1_matches_the_samplers_prior(schedule):
     process = make_process([DS] * 6, resolution=256, noise_schedule={"name": schedule})
     top = process.num_stages - 1
     noise = StageNoise(range(8))
-    k, t, prior, _ = initial_state(process, lambda j: noise.draw(j, process.stage_shapes[j]),
-                                   None, "cpu")
+    k, t, prior, _ = initial_state(
+        process, lambda j: noise.draw(j, process.stage_shapes[j]), None, "cpu"
+    )
     assert (k, t) == (top, 1.0)
     noise.reset()
     xi = noise.draw(top, process.stage_shapes[top])

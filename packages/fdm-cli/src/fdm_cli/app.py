@@ -103,7 +103,10 @@ class _Group(TyperGroup):
 
 
 app = typer.Typer(
-    name="fdm", cls=_Group, no_args_is_help=False, add_completion=False,
+    name="fdm",
+    cls=_Group,
+    no_args_is_help=False,
+    add_completion=False,
     pretty_exceptions_enable=False,
     help="f-DM: multi-stage diffusion with progressive signal transformations "
     "(Gu et al., ICLR 2023).",
@@ -141,6 +144,7 @@ RestoreSeedOpt = Annotated[int, Opt(help="Image i uses noise seed seed + i.")]
 # ---------------------------------------------------------------------------------------------
 # train
 
+
 @app.command()
 @cli_errors
 def train(
@@ -168,9 +172,17 @@ def train(
     run_dir = out or Path("runs") / (preset or DEFAULT_PRESET)
     # Resuming with neither a config file nor a preset continues the run's own config.
     saved = saved_run_config(run_dir) if resume and config is None and preset is None else None
-    flags = {"data.source": data, "process.resolution": resolution, "train.max_steps": max_steps,
-             "train.minutes": minutes, "train.batch_size": batch_size, "optim.lr": lr,
-             "train.device": device, "train.precision": precision, "train.seed": seed}
+    flags = {
+        "data.source": data,
+        "process.resolution": resolution,
+        "train.max_steps": max_steps,
+        "train.minutes": minutes,
+        "train.batch_size": batch_size,
+        "optim.lr": lr,
+        "train.device": device,
+        "train.precision": precision,
+        "train.seed": seed,
+    }
     cfg = resolve_train_config(config, preset, flags, set_ or [], saved)
     if out is None and saved is None:
         run_dir = Path("runs") / (cfg.preset or "custom")
@@ -180,8 +192,7 @@ def train(
         return
     from .train import run_training
 
-    result = run_training(cfg, run_dir, resume=resume, console=console,
-                          show_progress=progress)
+    result = run_training(cfg, run_dir, resume=resume, console=console, show_progress=progress)
     if result.interrupted:
         raise typer.Exit(130)
 
@@ -195,8 +206,10 @@ def _print_dry_run(cfg: Any, run_dir: Path, console: Console) -> None:
     typer.echo(cfg.to_yaml(), nl=False)
     stages = ", ".join(f"{k}: {'x'.join(map(str, s))}" for k, s in enumerate(process.stage_shapes))
     bounds = ", ".join(f"{b:.4g}" for b in process.boundaries)
-    typer.echo(f"# stages {stages}; boundaries [{bounds}]; UNet {params / 1e6:.2f}M "
-               f"parameters; RUN_DIR {run_dir}")
+    typer.echo(
+        f"# stages {stages}; boundaries [{bounds}]; UNet {params / 1e6:.2f}M "
+        f"parameters; RUN_DIR {run_dir}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,8 +266,10 @@ def sample(
         target = out or Path("samples.png")
         grid = make_grid(result.x)
         save_png(grid, target)
-        console.print(f"wrote {num} samples ({grid.width}x{grid.height}) to {target} from "
-                      f"{loaded.description}")
+        console.print(
+            f"wrote {num} samples ({grid.width}x{grid.height}) to {target} from "
+            f"{loaded.description}"
+        )
     if strip is not None:
         tile = strip_tile(loaded.process.stage_shapes[0][1])
         columns, labels = strip_columns(loaded.process, result, strip_rows, tile)
@@ -262,42 +277,22 @@ def sample(
         console.print(f"wrote stage strip to {strip}")
 
 
-def _restore(task: str, model: Path, images: list[Path], out: Path, from_stage: int | None,
-             start_t: float | None, resize: bool, steps: int, eta: float, seed: int,
-             ema: bool, device: str) -> None:
+def _restore(
+    task: str,
+    model: Path,
+    images: list[Path],
+    out: Path,
+    steps: int,
+    eta: float,
+    device: str,
+    **options: Any,
+) -> None:
     from .distributed import resolve_device
-    from .images import make_grid, save_png, upscale
-    from .restore import check_start, check_task, default_stage, load_condition, make_start
-    from .sample import generate, load_model
+    from .restore import restore
 
     config = _sampler_config(steps, "ddim", eta)
-    dev = resolve_device(device)
-    loaded = load_model(model, ema=ema, device=dev)
-    check_task(loaded, task)
-    stage = from_stage if from_stage is not None else default_stage(loaded, task)
-    if stage is not None:
-        check_start(loaded, stage, start_t)
-    conditions = [load_condition(loaded, p, stage, resize, task) for p in images]
-    for c in conditions:
-        check_start(loaded, c.stage, start_t)
-    names = [c.path.stem for c in conditions]
-    if len(set(names)) != len(names):
-        raise UserError("two input images share a file name; outputs would overwrite each other")
     console = Console(highlight=False, soft_wrap=True)
-    size = loaded.process.stage_shapes[0][1]
-    for i, c in enumerate(conditions):
-        result = generate(loaded, range(i, i + 1), seed, config, device=dev,
-                          start=make_start([c], start_t))
-        save_png(make_grid(result.x, padding=0), out / f"{c.path.stem}.png")
-        shown = upscale(loaded.process.to_data_space(c.signal[None], c.stage), size)
-        save_png(make_grid(_stack(shown, result.x)), out / f"{c.path.stem}-compare.png")
-        console.print(f"{c.path} (stage {c.stage}) -> {out / (c.path.stem + '.png')}")
-
-
-def _stack(*xs: Any) -> Any:
-    import torch
-
-    return torch.cat([x.float().cpu().clamp(-1, 1) for x in xs])
+    restore(task, model, images, out, config, resolve_device(device), console, **options)
 
 
 @app.command("super-resolve")
@@ -316,8 +311,20 @@ def super_resolve(
     device: DeviceOpt = "auto",
 ) -> None:
     """Up-sample images with a down-sampling f-DM by starting the sampler at their stage."""
-    _restore("super-resolve", model, images, out, from_stage, start_t, resize, steps, eta, seed,
-             ema, device)
+    _restore(
+        "super-resolve",
+        model,
+        images,
+        out,
+        steps,
+        eta,
+        device,
+        from_stage=from_stage,
+        start_t=start_t,
+        resize=resize,
+        seed=seed,
+        ema=ema,
+    )
 
 
 @app.command()
@@ -336,8 +343,20 @@ def deblur(
     device: DeviceOpt = "auto",
 ) -> None:
     """Sharpen images with a blur f-DM by starting the sampler at a blurred stage."""
-    _restore("deblur", model, images, out, from_stage, start_t, resize, steps, eta, seed, ema,
-             device)
+    _restore(
+        "deblur",
+        model,
+        images,
+        out,
+        steps,
+        eta,
+        device,
+        from_stage=from_stage,
+        start_t=start_t,
+        resize=resize,
+        seed=seed,
+        ema=ema,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,8 +58,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], config: dict[str, Any],
-                    keep: int) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, state: dict[str, Any], config: dict[str, Any], keep: int
+) -> Path:
     """Write one checkpoint, move `latest` to it, then delete all but the newest `keep`."""
     path = checkpoint_path(run_dir, step)
     save_state(path, state, config)

@@ -132,9 +132,13 @@ class TrainConfig(_Section):
 BUDGET_FLAGS = ("train.max_steps", "train.minutes")
 
 
-def resolve_train_config(config_file: Path | None = None, preset: str | None = None,
-                         flags: Mapping[str, Any] | None = None, overrides: Sequence[str] = (),
-                         saved: dict[str, Any] | None = None) -> TrainConfig:
+def resolve_train_config(
+    config_file: Path | None = None,
+    preset: str | None = None,
+    flags: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    saved: dict[str, Any] | None = None,
+) -> TrainConfig:
     """The TrainConfig of a run: the one path from what the user gave to a validated config.
 
     Layers, each over the one before: presets.BASE < `preset` (default: the config file's own
@@ -147,8 +151,10 @@ def resolve_train_config(config_file: Path | None = None, preset: str | None = N
     """
     given = {key: value for key, value in (flags or {}).items() if value is not None}
     if all(key in given for key in BUDGET_FLAGS):
-        raise UserError("--max-steps and --minutes are alternatives; give one (a config file "
-                        "may set both train.max_steps and train.minutes)")
+        raise UserError(
+            "--max-steps and --minutes are alternatives; give one (a config file "
+            "may set both train.max_steps and train.minutes)"
+        )
     raw = build_layers(config_file, preset, saved)
     for key, value in given.items():
         apply_override(raw, key.split("."), value)
@@ -173,7 +179,6 @@ def saved_run_config(run_dir: Path) -> dict[str, Any] | None:
     return read_config_file(path)
 
 
-
 def read_config_file(path: Path) -> dict[str, Any]:
     """A YAML (or JSON) mapping from `path`; UserError naming the file otherwise."""
     try:
@@ -186,13 +191,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: "
-                        f"{first}") from None
+        raise UserError(
+            f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {first}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping (sections process, model, "
-                        f"data, optim, train, sample), got {type(data).__name__}")
+        raise UserError(
+            f"config file {path} must hold a mapping (sections process, model, "
+            f"data, optim, train, sample), got {type(data).__name__}"
+        )
     return data
 
 
@@ -200,8 +208,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML, so 0, false, [1, 2] work)."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
-        raise UserError(f"--set expects key=value with a dotted key (e.g. process.gamma=0), "
-                        f"got {item!r}")
+        raise UserError(
+            f"--set expects key=value with a dotted key (e.g. process.gamma=0), got {item!r}"
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -217,8 +226,9 @@ def apply_override(config: dict[str, Any], path: list[str], value: Any) -> None:
             node = _list_item(node, part, path[: i + 1])
         else:
             if not isinstance(node.get(part, {}), dict | list):
-                raise UserError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is a value, "
-                                "not a section")
+                raise UserError(
+                    f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is a value, not a section"
+                )
             node = node.setdefault(part, {})
     last = path[-1]
     if isinstance(node, list):
@@ -230,8 +240,9 @@ def apply_override(config: dict[str, Any], path: list[str], value: Any) -> None:
 
 def _list_index(node: list, part: str, path: list[str]) -> int:
     if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
-        raise UserError(f"--set {'.'.join(path)}: {part!r} is not an index of a list of "
-                        f"{len(node)} items")
+        raise UserError(
+            f"--set {'.'.join(path)}: {part!r} is not an index of a list of {len(node)} items"
+        )
     return int(part)
 
 
@@ -239,8 +250,9 @@ def _list_item(node: list, part: str, path: list[str]) -> Any:
     return node[_list_index(node, part, path)]
 
 
-def build_layers(config_file: Path | None, preset: str | None,
-                 saved: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_layers(
+    config_file: Path | None, preset: str | None, saved: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """BASE < preset < file. A `saved` run config (resuming) is the base instead when neither a
     config file nor a preset is given. The preset is `preset`, else the file's ``preset``."""
     file_data = read_config_file(config_file) if config_file is not None else {}

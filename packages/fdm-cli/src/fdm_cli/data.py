@@ -98,7 +98,8 @@ def read_idx(path: Path) -> np.ndarray:
 def find_idx_images(directory: Path) -> Path | None:
     """The ``*-images-idx3-ubyte[.gz]`` file of `directory` (train split preferred), if any."""
     found = sorted(
-        p for p in directory.iterdir()
+        p
+        for p in directory.iterdir()
         if p.is_file() and p.name.removesuffix(".gz").endswith("-images-idx3-ubyte")
     )
     if not found:
@@ -341,4 +342,3 @@ class DataOrder:
             flip.append(self._flip[offset : offset + k])
             position, count = position + k, count - k
         return torch.cat(idx), (torch.cat(flip) if self.hflip else None)
-

@@ -46,13 +46,16 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise UserError(f"--device {preference}: CUDA is not available on this machine "
-                        "(allowed here: auto, cpu)")
+        raise UserError(
+            f"--device {preference}: CUDA is not available on this machine "
+            "(allowed here: auto, cpu)"
+        )
     if preference.startswith("cuda:"):
         index = int(preference.split(":", 1)[1])
         if index >= torch.cuda.device_count():
-            raise UserError(f"--device {preference}: only {torch.cuda.device_count()} CUDA "
-                            "device(s) visible")
+            raise UserError(
+                f"--device {preference}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
         return torch.device(preference)
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 

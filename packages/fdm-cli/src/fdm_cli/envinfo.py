@@ -10,8 +10,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-KIND_TITLES = {"transform": "transforms", "noise_schedule": "noise schedules",
-               "stage_schedule": "stage schedules"}
+KIND_TITLES = {
+    "transform": "transforms",
+    "noise_schedule": "noise schedules",
+    "stage_schedule": "stage schedules",
+}
 PACKAGES = ("fdm-core", "fdm-models", "fdm-transforms", "fdm-cli")
 
 
@@ -25,10 +28,14 @@ def plugin_table() -> dict[str, Any]:
         for kind, table in registry.entries.items()
         for name, entry in sorted(table.items())
     ]
-    plugins = [{"entry_point": ep, "distribution": dist, "version": ver}
-               for ep, dist, ver in registry.plugins]
-    errors = [{"plugin": e.plugin, "distribution": e.distribution, "error": e.error}
-              for e in registry.errors]
+    plugins = [
+        {"entry_point": ep, "distribution": dist, "version": ver}
+        for ep, dist, ver in registry.plugins
+    ]
+    errors = [
+        {"plugin": e.plugin, "distribution": e.distribution, "error": e.error}
+        for e in registry.errors
+    ]
     return {"components": components, "plugins": plugins, "errors": errors}
 
 
@@ -37,12 +44,19 @@ def print_plugins(table: dict[str, Any], console: Console) -> None:
     for column in ("kind", "name", "distribution", "version"):
         grid.add_column(column)
     for row in table["components"]:
-        grid.add_row(KIND_TITLES.get(row["kind"], row["kind"]), row["name"], row["distribution"],
-                     row["version"])
+        grid.add_row(
+            KIND_TITLES.get(row["kind"], row["kind"]),
+            row["name"],
+            row["distribution"],
+            row["version"],
+        )
     console.print(grid)
     for err in table["errors"]:
-        console.print(f"[red]failed to load[/] plugin {err['plugin']} from {err['distribution']}: "
-                      f"{err['error']}", markup=True)
+        console.print(
+            f"[red]failed to load[/] plugin {err['plugin']} from {err['distribution']}: "
+            f"{err['error']}",
+            markup=True,
+        )
 
 
 def _version(dist: str) -> str | None:
@@ -85,9 +99,11 @@ def environment() -> dict[str, Any]:
         "bf16_supported": bool(cuda and torch.cuda.is_bf16_supported()) or not cuda,
         "attention_backend": attention,
         "packages": {name: _version(name) for name in PACKAGES},
-        "plugins": {"components": counts, "distributions": sorted({p["distribution"]
-                                                                   for p in table["plugins"]}),
-                    "errors": table["errors"]},
+        "plugins": {
+            "components": counts,
+            "distributions": sorted({p["distribution"] for p in table["plugins"]}),
+            "errors": table["errors"],
+        },
     }
 
 
@@ -100,17 +116,28 @@ def print_environment(info: dict[str, Any], console: Console) -> None:
         ("python", f"{info['python']} ({info['platform']})"),
         ("torch", f"{info['torch']} ({info['torch_threads']} CPU threads)"),
         ("triton", info["triton"] or missing),
-        ("xformers", (info["xformers"] or missing)
-         + ("" if info["xformers_importable"] or not info["xformers"] else " (does not import)")),
-        ("CUDA", f"{info['cuda_version']}: {', '.join(info['cuda_devices'])}"
-         if info["cuda_available"] else "not available"),
+        (
+            "xformers",
+            (info["xformers"] or missing)
+            + ("" if info["xformers_importable"] or not info["xformers"] else " (does not import)"),
+        ),
+        (
+            "CUDA",
+            f"{info['cuda_version']}: {', '.join(info['cuda_devices'])}"
+            if info["cuda_available"]
+            else "not available",
+        ),
         ("attention", ", ".join(f"{d}: {b}" for d, b in info["attention_backend"].items())),
     ]
     rows += [(name, version or missing) for name, version in info["packages"].items()]
     plugins = info["plugins"]
-    rows.append(("plugins", ", ".join(f"{n} {k.replace('_', ' ')}(s)"
-                                      for k, n in plugins["components"].items())
-                 + f" from {', '.join(plugins['distributions'])}"))
+    rows.append(
+        (
+            "plugins",
+            ", ".join(f"{n} {k.replace('_', ' ')}(s)" for k, n in plugins["components"].items())
+            + f" from {', '.join(plugins['distributions'])}",
+        )
+    )
     for err in plugins["errors"]:
         rows.append(("plugin error", f"{err['plugin']} ({err['distribution']}): {err['error']}"))
     for item, value in rows:

@@ -52,8 +52,9 @@ def grid_columns(n: int) -> int:
     return max(1, math.ceil(math.sqrt(n)))
 
 
-def grid_size(n: int, height: int, width: int, padding: int = 2,
-              ncol: int | None = None) -> tuple[int, int]:
+def grid_size(
+    n: int, height: int, width: int, padding: int = 2, ncol: int | None = None
+) -> tuple[int, int]:
     """(width, height) in pixels of the grid `make_grid` draws for `n` tiles."""
     ncol = ncol or grid_columns(n)
     nrow = math.ceil(n / ncol)
@@ -74,8 +75,9 @@ def make_grid(x: torch.Tensor, ncol: int | None = None, padding: int = 2) -> Ima
     return to_pil(canvas)
 
 
-def save_images(x: torch.Tensor, out_dir: str | os.PathLike[str], first_index: int = 0,
-                prefix: str = "sample") -> list[Path]:
+def save_images(
+    x: torch.Tensor, out_dir: str | os.PathLike[str], first_index: int = 0, prefix: str = "sample"
+) -> list[Path]:
     """One PNG per image: ``{prefix}-{index:05d}.png``."""
     paths = []
     for i, arr in enumerate(to_uint8(x)):
@@ -96,8 +98,13 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 
-def stage_strip(columns: Sequence[torch.Tensor], labels: Sequence[str], tile: int = 64,
-                padding: int = 2, label_height: int = 26) -> Image.Image:
+def stage_strip(
+    columns: Sequence[torch.Tensor],
+    labels: Sequence[str],
+    tile: int = 64,
+    padding: int = 2,
+    label_height: int = 26,
+) -> Image.Image:
     """The stage strip of paper Figure 1: one column per stage, one row per sample.
 
     `columns[j]` holds images in [-1, 1] ``(B, C, h_j, w_j)`` (already mapped to data space); each
@@ -117,8 +124,9 @@ def stage_strip(columns: Sequence[torch.Tensor], labels: Sequence[str], tile: in
     image = to_pil(canvas).convert("RGB")
     draw = ImageDraw.Draw(image)
     for j, label in enumerate(labels):
-        draw.multiline_text((padding + j * (tile + padding) + 1, 1), label, fill=(0, 0, 0),
-                            font=_font(), spacing=1)
+        draw.multiline_text(
+            (padding + j * (tile + padding) + 1, 1), label, fill=(0, 0, 0), font=_font(), spacing=1
+        )
     return image
 
 
@@ -131,8 +139,12 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [start + i * step for i in range(int((hi - start) / step) + 1)]
 
 
-def loss_curve(steps: Sequence[int], series: dict[str, Sequence[float]],
-               size: tuple[int, int] = (640, 400), smooth: float = 0.9) -> Image.Image:
+def loss_curve(
+    steps: Sequence[int],
+    series: dict[str, Sequence[float]],
+    size: tuple[int, int] = (640, 400),
+    smooth: float = 0.9,
+) -> Image.Image:
     """A line plot of loss against step, one exponentially smoothed line per series.
 
     The first series is drawn in black (the total loss), the others in stage colours; y is

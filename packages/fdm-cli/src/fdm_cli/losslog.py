@@ -21,8 +21,14 @@ class LossLog:
     def __init__(self, path: Path, num_stages: int) -> None:
         self.path = path
         self.num_stages = num_stages
-        self.header = ["step", "loss", *[f"loss_stage{k}" for k in range(num_stages)],
-                       "lr", "grad_norm", "elapsed_s"]
+        self.header = [
+            "step",
+            "loss",
+            *[f"loss_stage{k}" for k in range(num_stages)],
+            "lr",
+            "grad_norm",
+            "elapsed_s",
+        ]
         self.rows: list[list[float]] = []
         self._pending: list[list[float]] = []
 
@@ -37,8 +43,15 @@ class LossLog:
         self.rows, self._pending = [], []
         self._rewrite()
 
-    def add(self, step: int, loss: float, per_stage: list[float], lr: float, grad_norm: float,
-            elapsed_s: float) -> None:
+    def add(
+        self,
+        step: int,
+        loss: float,
+        per_stage: list[float],
+        lr: float,
+        grad_norm: float,
+        elapsed_s: float,
+    ) -> None:
         row = [step, loss, *per_stage, lr, grad_norm, elapsed_s]
         self.rows.append(row)
         self._pending.append(row)

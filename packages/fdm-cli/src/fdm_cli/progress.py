@@ -37,15 +37,22 @@ def graceful_stop() -> Iterator[dict]:
 class TrainProgress:
     """A live bar on a terminal (rank 0); in a log, a plain status line every 30 s instead."""
 
-    def __init__(self, console: Console, opts: TrainOptions, step: int, show: bool,
-                 main: bool) -> None:
+    def __init__(
+        self, console: Console, opts: TrainOptions, step: int, show: bool, main: bool
+    ) -> None:
         self.console, self.opts, self.show = console, opts, show
         self.bar = Progress(
-            TextColumn("[bold]step {task.fields[step]}"), BarColumn(),
+            TextColumn("[bold]step {task.fields[step]}"),
+            BarColumn(),
             TextColumn("{task.percentage:>3.0f}%"),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[ips]} it/s"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, disable=not (show and main and console.is_terminal), transient=False,
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[ips]} it/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not (show and main and console.is_terminal),
+            transient=False,
         )
         self.task = self.bar.add_task("train", total=1000, step=step, loss="-", ips="-")
         self.rate_t = self.last_line = time.monotonic()
@@ -64,15 +71,25 @@ class TrainProgress:
         ips = (step - self.rate_step) / max(1e-9, now - self.rate_t)
         self.rate_t, self.rate_step = now, step
         opts = self.opts
-        frac = max(step / opts.max_steps if opts.max_steps else 0.0,
-                   elapsed / (opts.minutes * 60) if opts.minutes else 0.0)
-        self.bar.update(self.task, completed=min(1000, 1000 * frac), step=step,
-                        loss=f"{loss:.4f}", ips=f"{ips:.2f}")
+        frac = max(
+            step / opts.max_steps if opts.max_steps else 0.0,
+            elapsed / (opts.minutes * 60) if opts.minutes else 0.0,
+        )
+        self.bar.update(
+            self.task,
+            completed=min(1000, 1000 * frac),
+            step=step,
+            loss=f"{loss:.4f}",
+            ips=f"{ips:.2f}",
+        )
         if self.show and not self.console.is_terminal and now - self.last_line >= 30:
             self.last_line = now
-            self.console.print(f"step {step}: loss {loss:.4f}, {ips:.2f} it/s, "
-                               f"{elapsed / 60:.1f} min, {100 * min(1.0, frac):.0f}% of the "
-                               "budget", markup=False)
+            self.console.print(
+                f"step {step}: loss {loss:.4f}, {ips:.2f} it/s, "
+                f"{elapsed / 60:.1f} min, {100 * min(1.0, frac):.0f}% of the "
+                "budget",
+                markup=False,
+            )
 
     def note(self, message: str) -> None:
         """A line above the bar."""
@@ -80,5 +97,6 @@ class TrainProgress:
 
     def finish(self, step: int, loss: float | None, interrupted: bool) -> None:
         done = self.bar.tasks[0].completed if interrupted else 1000
-        self.bar.update(self.task, completed=done, step=step,
-                        loss="-" if loss is None else f"{loss:.4f}")
+        self.bar.update(
+            self.task, completed=done, step=step, loss="-" if loss is None else f"{loss:.4f}"
+        )

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from rich.console import Console
 
-from fdm_core import Start
+from fdm_core import SamplerConfig, Start
 
 from .data import image_channels, open_image, pil_to_tensor
 from .errors import UserError
-from .sample import LoadedModel
+from .images import make_grid, save_png, upscale
+from .sample import LoadedModel, generate, load_model
 
 
 @dataclass
@@ -52,8 +54,9 @@ def _is_gray(im: Image.Image) -> bool:
     return r.tobytes() == g.tobytes() == b.tobytes()
 
 
-def load_condition(model: LoadedModel, path: Path, stage: int | None, resize: bool,
-                   task: str) -> Condition:
+def load_condition(
+    model: LoadedModel, path: Path, stage: int | None, resize: bool, task: str
+) -> Condition:
     """Read `path` as the signal of `stage` (inferred from its size when None).
 
     The size and channels must match that stage unless `resize` (resize + convert) is given.
@@ -65,27 +68,37 @@ def load_condition(model: LoadedModel, path: Path, stage: int | None, resize: bo
     if stage is None:
         matches = [k for k in range(1, len(shapes)) if tuple(shapes[k][1:]) == (height, width)]
         if len(matches) != 1:
-            why = ("several stages have that size" if matches else "no stage has that size")
+            why = "several stages have that size" if matches else "no stage has that size"
             raise UserError(
                 f"{path} is {width}x{height}: {why} (stages {_stages_text(model)}); pass "
                 f"--from-stage k{' and --resize' if not matches else ''}"
-                + (" (or use fdm deblur for a blur model)" if task == "super-resolve" and matches
-                   else ""))
+                + (
+                    " (or use fdm deblur for a blur model)"
+                    if task == "super-resolve" and matches
+                    else ""
+                )
+            )
         stage = matches[0]
     target = shapes[stage]
     if (height, width) != tuple(target[1:]):
         if not resize:
-            raise UserError(f"{path} is {width}x{height} but stage {stage} of this model is "
-                            f"{_shape_text(target)} (stages {_stages_text(model)}); pass --resize "
-                            "to resize it, or --from-stage k for a stage of that size")
+            raise UserError(
+                f"{path} is {width}x{height} but stage {stage} of this model is "
+                f"{_shape_text(target)} (stages {_stages_text(model)}); pass --resize "
+                "to resize it, or --from-stage k for a stage of that size"
+            )
         im = im.resize((target[2], target[1]), Image.Resampling.BICUBIC)
     gray = _is_gray(im)
     if channels == 1 and not gray and not resize:
-        raise UserError(f"{path} is a colour image but the model is grayscale (1 channel); "
-                        "pass --resize to convert it")
+        raise UserError(
+            f"{path} is a colour image but the model is grayscale (1 channel); "
+            "pass --resize to convert it"
+        )
     if channels == 3 and im.mode not in ("RGB", "RGBA") and not resize:
-        raise UserError(f"{path} is grayscale ({im.mode}) but the model expects RGB (3 channels); "
-                        "pass --resize to convert it")
+        raise UserError(
+            f"{path} is grayscale ({im.mode}) but the model expects RGB (3 channels); "
+            "pass --resize to convert it"
+        )
     signal = pil_to_tensor(im, channels) / 127.5 - 1.0
     return Condition(path, stage, signal)
 
@@ -94,15 +107,20 @@ def check_task(model: LoadedModel, task: str) -> None:
     """super-resolve needs stages smaller than the data; deblur needs same-size stages."""
     shapes = model.process.stage_shapes
     if len(shapes) == 1:
-        raise UserError(f"this model has a single stage (K = 0, a plain DDPM): {task} needs a "
-                        "multi-stage f-DM")
+        raise UserError(
+            f"this model has a single stage (K = 0, a plain DDPM): {task} needs a multi-stage f-DM"
+        )
     smaller = any(tuple(s[1:]) != tuple(shapes[0][1:]) for s in shapes[1:])
     if task == "super-resolve" and not smaller:
-        raise UserError(f"every stage of this model is {_shape_text(shapes[0])} (a blur model): "
-                        "super-resolve needs a down-sampling model; use fdm deblur")
+        raise UserError(
+            f"every stage of this model is {_shape_text(shapes[0])} (a blur model): "
+            "super-resolve needs a down-sampling model; use fdm deblur"
+        )
     if task == "deblur" and all(tuple(s) != tuple(shapes[0]) for s in shapes[1:]):
-        raise UserError(f"this model's stages are {_stages_text(model)}: deblur needs a blur "
-                        "model (stages of the data's size); use fdm super-resolve")
+        raise UserError(
+            f"this model's stages are {_stages_text(model)}: deblur needs a blur "
+            "model (stages of the data's size); use fdm super-resolve"
+        )
 
 
 def default_stage(model: LoadedModel, task: str) -> int | None:
@@ -118,13 +136,58 @@ def check_start(model: LoadedModel, stage: int, start_t: float | None) -> None:
     if not 0 <= stage < len(model.process.stage_shapes):
         raise UserError(f"--from-stage {stage}: this model has stages 0..{len(b) - 2}")
     if stage == 0 and start_t is None:
-        raise UserError("--from-stage 0 is the data itself; give --from-stage >= 1, or "
-                        "--start-t > 0 to re-noise and re-sample it")
+        raise UserError(
+            "--from-stage 0 is the data itself; give --from-stage >= 1, or "
+            "--start-t > 0 to re-noise and re-sample it"
+        )
     if start_t is not None and not b[stage] <= start_t <= b[stage + 1]:
-        raise UserError(f"--start-t {start_t}: stage {stage} spans t in "
-                        f"[{b[stage]:.4g}, {b[stage + 1]:.4g}]")
+        raise UserError(
+            f"--start-t {start_t}: stage {stage} spans t in [{b[stage]:.4g}, {b[stage + 1]:.4g}]"
+        )
 
 
 def make_start(conditions: list[Condition], start_t: float | None) -> Start:
     stage = conditions[0].stage
     return Start(stage, torch.stack([c.signal for c in conditions]), start_t)
+
+
+def restore(
+    task: str,
+    model: Path,
+    images: list[Path],
+    out: Path,
+    config: SamplerConfig,
+    dev: torch.device,
+    console: Console,
+    from_stage: int | None = None,
+    start_t: float | None = None,
+    resize: bool = False,
+    seed: int = 0,
+    ema: bool = True,
+) -> None:
+    """`fdm super-resolve` / `fdm deblur`: for each image, its result and a side-by-side
+    comparison (input shown in data space above the result) in `out`."""
+    loaded = load_model(model, ema=ema, device=dev)
+    check_task(loaded, task)
+    stage = from_stage if from_stage is not None else default_stage(loaded, task)
+    if stage is not None:
+        check_start(loaded, stage, start_t)
+    conditions = [load_condition(loaded, p, stage, resize, task) for p in images]
+    for c in conditions:
+        check_start(loaded, c.stage, start_t)
+    names = [c.path.stem for c in conditions]
+    if len(set(names)) != len(names):
+        raise UserError("two input images share a file name; outputs would overwrite each other")
+    size = loaded.process.stage_shapes[0][1]
+    for i, c in enumerate(conditions):
+        result = generate(
+            loaded, range(i, i + 1), seed, config, device=dev, start=make_start([c], start_t)
+        )
+        save_png(make_grid(result.x, padding=0), out / f"{c.path.stem}.png")
+        shown = upscale(loaded.process.to_data_space(c.signal[None], c.stage), size)
+        save_png(make_grid(_stack(shown, result.x)), out / f"{c.path.stem}-compare.png")
+        console.print(f"{c.path} (stage {c.stage}) -> {out / (c.path.stem + '.png')}")
+
+
+def _stack(*xs: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x.float().cpu().clamp(-1, 1) for x in xs])

@@ -52,23 +52,29 @@ def load_model(path: Path, ema: bool = True, device: torch.device | str = "cpu")
         raise UserError(f"model not found: {path} (give a RUN_DIR, a MODEL_DIR or a checkpoint)")
     if path.is_dir() and (path / "config.json").is_file():
         if not ema:
-            raise UserError(f"{path} is a MODEL_DIR holding only the EMA weights; "
-                            "--no-ema needs a RUN_DIR or a checkpoint file")
+            raise UserError(
+                f"{path} is a MODEL_DIR holding only the EMA weights; "
+                "--no-ema needs a RUN_DIR or a checkpoint file"
+            )
         try:
             config = load_pretrained_config(path)
             unet = from_pretrained(path, device=device)
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
         if "process" not in config:
-            raise UserError(f"{path}/config.json has no 'process' entry: not an f-DM model "
-                            "directory (write one with fdm train)")
+            raise UserError(
+                f"{path}/config.json has no 'process' entry: not an f-DM model "
+                "directory (write one with fdm train)"
+            )
         return LoadedModel(_process_from(config["process"], path), unet, f"{path} (EMA)")
     if path.is_dir():
         file = ckpt.latest_checkpoint(path)
         if file is None:
-            raise UserError(f"{path} holds no checkpoint (expected "
-                            f"{ckpt.CHECKPOINTS}/*.safetensors "
-                            "from fdm train, or config.json + model.safetensors of a MODEL_DIR)")
+            raise UserError(
+                f"{path} holds no checkpoint (expected "
+                f"{ckpt.CHECKPOINTS}/*.safetensors "
+                "from fdm train, or config.json + model.safetensors of a MODEL_DIR)"
+            )
     else:
         file = path
     state, config = ckpt.load_checkpoint(file)
@@ -78,19 +84,22 @@ def load_model(path: Path, ema: bool = True, device: torch.device | str = "cpu")
     except ValidationError as exc:
         raise UserError(f"{file}: invalid model config: {format_validation_error(exc)}") from None
     if ema:
-        weights = {k.removeprefix("shadow."): v for k, v in state["ema"].items()
-                   if k.startswith("shadow.")}
+        weights = {
+            k.removeprefix("shadow."): v for k, v in state["ema"].items() if k.startswith("shadow.")
+        }
         weights = {**{k: v for k, v in state["model"].items() if k not in weights}, **weights}
     else:
         weights = state["model"]
     try:
         unet.load_state_dict(weights)
     except RuntimeError as exc:
-        raise UserError(f"{file}: weights do not fit the model config: "
-                        f"{str(exc).splitlines()[0]}") from None
+        raise UserError(
+            f"{file}: weights do not fit the model config: {str(exc).splitlines()[0]}"
+        ) from None
     step = state["progress"]["step"]
-    return LoadedModel(process, unet.to(device).eval(),
-                       f"{file} (step {step}, {'EMA' if ema else 'raw'} weights)")
+    return LoadedModel(
+        process, unet.to(device).eval(), f"{file} (step {step}, {'EMA' if ema else 'raw'} weights)"
+    )
 
 
 def parse_stage_seeds(text: str | None, num_stages: int) -> dict[int, int]:
@@ -104,8 +113,10 @@ def parse_stage_seeds(text: str | None, num_stages: int) -> dict[int, int]:
             raise UserError(f"--stage-seeds expects stage=seed pairs like 0=7,2=3, got {item!r}")
         k = int(stage)
         if k >= num_stages:
-            raise UserError(f"--stage-seeds: stage {k} does not exist; this model has stages "
-                            f"0..{num_stages - 1}")
+            raise UserError(
+                f"--stage-seeds: stage {k} does not exist; this model has stages "
+                f"0..{num_stages - 1}"
+            )
         out[k] = int(seed)
     return out
 
@@ -116,9 +127,16 @@ class Samples:
     stage_predictions: list[torch.Tensor]  # xhat^k at the end of stage k, for each stage sampled
 
 
-def generate(model: LoadedModel, indices: range, seed: int, sampler: SamplerConfig,
-             stage_seeds: dict[int, int] | None = None, batch_size: int = 64,
-             device: torch.device | str = "cpu", start: Start | None = None) -> Samples:
+def generate(
+    model: LoadedModel,
+    indices: range,
+    seed: int,
+    sampler: SamplerConfig,
+    stage_seeds: dict[int, int] | None = None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    start: Start | None = None,
+) -> Samples:
     """Samples number `indices` (noise seed ``seed + i``), `batch_size` at a time, with each
     stage's last clean prediction (for the stage strip).
 
@@ -139,8 +157,15 @@ def generate(model: LoadedModel, indices: range, seed: int, sampler: SamplerConf
         if start is not None:
             part = Start(start.stage, start.signal[first - lo : last - lo].to(device), start.t)
         stage_end.clear()
-        out = sample(model.process, model.unet, sampler, noise=noise, start=part, device=device,
-                     callback=keep_last)
+        out = sample(
+            model.process,
+            model.unet,
+            sampler,
+            noise=noise,
+            start=part,
+            device=device,
+            callback=keep_last,
+        )
         xs.append(out.x.float().cpu())
         preds.append([stage_end[k].float().cpu() for k in sorted(stage_end)])
     if not xs:
@@ -149,8 +174,9 @@ def generate(model: LoadedModel, indices: range, seed: int, sampler: SamplerConf
     return Samples(torch.cat(xs), [torch.cat(p) for p in zip(*preds, strict=True)])
 
 
-def strip_columns(process: FDMProcess, samples: Samples, rows: int,
-                  tile: int) -> tuple[list[torch.Tensor], list[str]]:
+def strip_columns(
+    process: FDMProcess, samples: Samples, rows: int, tile: int
+) -> tuple[list[torch.Tensor], list[str]]:
     """Stage strip columns (coarsest stage first, in data space) and their labels."""
     columns, labels = [], []
     for k in reversed(range(len(samples.stage_predictions))):

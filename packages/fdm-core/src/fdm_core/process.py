@@ -121,9 +121,7 @@ class FDMProcess:
     ) -> torch.Tensor:
         """z_t = alpha_t M_t x^k + sigma_t eps for stage-k signals."""
         alpha, sigma = self.alpha_sigma(t, k)
-        return (
-            per_sample(alpha, x_stage) * self.mean(x_stage, t, k) + per_sample(sigma, eps) * eps
-        )
+        return per_sample(alpha, x_stage) * self.mean(x_stage, t, k) + per_sample(sigma, eps) * eps
 
     # -- parameterization -------------------------------------------------------------------------
     def target(

@@ -230,4 +230,3 @@ downsample_mean_op.register_autograd(
 upsample_nearest_op.register_autograd(
     _upsample_nearest_backward, setup_context=_resample_setup_context
 )
-

@@ -29,4 +29,3 @@ def downsample_mean(x: torch.Tensor, factor: int) -> torch.Tensor:
 def upsample_nearest(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Repeat every pixel into a factor x factor block."""
     return x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-

@@ -1,0 +1,223 @@
+"""Setting up a training run: data, process, model, EMA, optimizer, and the state of a resumed run.
+
+`setup` builds a `Run`, which `fdm_cli.train` then steps; the run also knows how to write its
+checkpoint and its sample images (EMA weights, split over DDP ranks).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fdm_core import FDMProcess, diffusion_loss
+from fdm_models import EMA, MultiStageUNet
+
+from . import checkpointing as ckpt
+from . import distributed as dist_
+from .config import TrainConfig
+from .data import DataOrder, ImageDataset, load_dataset
+from .errors import UserError
+from .images import atomic_write_bytes, make_grid, save_png, stage_strip
+from .losslog import LossLog
+from .sample import LoadedModel, Samples, generate, strip_columns, strip_tile
+from .seeding import MODEL_INIT, TRAIN_STEP, derive_seed
+
+Say = Callable[..., None]  # say(message, markup=False): print on rank 0 only
+
+
+class LossModule(nn.Module):
+    """Wraps ``diffusion_loss`` so DDP sees one forward per step however many stage groups run."""
+
+    def __init__(self, process: FDMProcess, unet: MultiStageUNet) -> None:
+        super().__init__()
+        self.process = process
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, list]:
+        out = diffusion_loss(self.process, self.unet, x, generator=generator)
+        k = self.process.num_stages
+        per_stage = [out.per_stage.get(s, math.nan) for s in range(k)]
+        counts = [out.counts.get(s, 0) for s in range(k)]
+        return out.loss, [per_stage, counts]
+
+
+@dataclass
+class Run:
+    """A run being trained: its pieces (built by `setup`) and where it stands."""
+
+    cfg: TrainConfig
+    ctx: dist_.DistContext
+    run_dir: Path
+    dataset: ImageDataset
+    order: DataOrder
+    process: FDMProcess
+    unet: MultiStageUNet
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    module: nn.Module  # LossModule, in DistributedDataParallel under torchrun
+    log: LossLog
+    step: int = 0
+    position: int = 0  # images of the data stream consumed, all ranks together
+    elapsed: float = 0.0  # training seconds, summed over resumes
+    resumed: bool = False
+
+    def batch(self) -> tuple[torch.Tensor, torch.Generator]:
+        """This rank's slice of the batch at the stream position, and the step's generator."""
+        ctx, per_rank = self.ctx, self.cfg.train.batch_size // self.ctx.world_size
+        seed = derive_seed(self.cfg.train.seed, TRAIN_STEP, self.step, ctx.rank)
+        torch.manual_seed(seed)
+        generator = torch.Generator(ctx.device).manual_seed(seed)
+        idx, flip = self.order.take(self.position + ctx.rank * per_rank, per_rank)
+        return self.dataset.batch(idx, flip).to(ctx.device), generator
+
+    def checkpoint(self) -> None:
+        """Rank 0 saves the whole training state (and flushes the loss log and its plot)."""
+        if not self.ctx.is_main:
+            return
+        state = {
+            "model": self.unet.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": ckpt.optimizer_to_tree(self.optimizer.state_dict()),
+            "rng": ckpt.rng_state(),
+            "progress": {
+                "step": self.step,
+                "position": self.position,
+                "elapsed_s": self.elapsed,
+                "seed": self.cfg.train.seed,
+                "world_size": self.ctx.world_size,
+            },
+        }
+        self.log.flush()
+        ckpt.save_checkpoint(
+            self.run_dir, self.step, state, self.cfg.to_dict(), self.cfg.train.keep_checkpoints
+        )
+        self.log.save_plot(self.run_dir / "loss.png")
+
+    def write_images(self, grid: str, strip: str) -> None:
+        """A sample grid and a stage strip from the EMA weights (all ranks sample)."""
+        model = LoadedModel(self.process, self.ema.averaged_model(self.unet), "ema")
+        folder = self.run_dir / ckpt.SAMPLES
+        write_samples(self.ctx, self.cfg, model, folder / grid, folder / strip)
+
+
+def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext, say: Say) -> Run:
+    """Data, process, model, EMA and optimizer; the checkpoint's state when resuming."""
+    opts = cfg.train
+    if opts.batch_size % ctx.world_size:
+        raise UserError(
+            f"--batch-size {opts.batch_size} must be divisible by the "
+            f"{ctx.world_size} ranks (it is the global batch)"
+        )
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    elif ctx.enabled and ctx.device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None and not resume:
+        raise UserError(
+            f"{run_dir} already holds a run ({latest.name}); pass --resume to "
+            "continue it, or choose another --out"
+        )
+    dataset = load_dataset(
+        cfg.data.source, cfg.process.resolution, cfg.process.channels, cfg.data.fit
+    )
+    process = FDMProcess(cfg.process)
+    torch.manual_seed(derive_seed(opts.seed, MODEL_INIT))
+    unet = MultiStageUNet(cfg.model).to(ctx.device)
+    ema = EMA(unet, cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    log = LossLog(run_dir / "loss.csv", process.num_stages)
+    step, position, elapsed = 0, 0, 0.0
+    if resume and latest is not None:
+        step, position, elapsed = _load_state(latest, cfg, unet, ema, optimizer)
+        say(f"resuming from {latest} (step {step})")
+        if ctx.is_main:
+            log.resume(step)
+    elif ctx.is_main:
+        if resume:
+            say(f"no checkpoint in {run_dir}: starting a new run")
+        log.start()
+    if ctx.is_main:
+        atomic_write_bytes(run_dir / ckpt.CONFIG_FILE, cfg.to_yaml().encode())
+    module: nn.Module = LossModule(process, unet)
+    if ctx.enabled:
+        find_unused = opts.find_unused_parameters
+        if find_unused == "auto":
+            find_unused = opts.batch_size // ctx.world_size < process.num_stages
+        module = nn.parallel.DistributedDataParallel(
+            module,
+            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=bool(find_unused),
+        )
+    order = DataOrder(len(dataset), opts.seed, cfg.data.hflip)
+    return Run(
+        cfg,
+        ctx,
+        run_dir,
+        dataset,
+        order,
+        process,
+        unet,
+        ema,
+        optimizer,
+        module,
+        log,
+        step,
+        position,
+        elapsed,
+        resumed=latest is not None and resume,
+    )
+
+
+def _load_state(
+    latest: Path, cfg: TrainConfig, unet: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer
+) -> tuple[int, int, float]:
+    """Load a checkpoint into the run (refusing a different process or model config); returns
+    its step, stream position and elapsed training seconds."""
+    state, saved = ckpt.load_checkpoint(latest)
+    for section in ("process", "model"):
+        ours, theirs = getattr(cfg, section).model_dump(mode="json"), saved.get(section, {})
+        if ours != theirs:
+            keys = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
+            raise UserError(
+                f"--resume: the {section} config differs from the checkpoint {latest} in "
+                f"{', '.join(f'{section}.{k}' for k in keys)}; resume with the run's own "
+                "settings (drop those flags) or train into another --out"
+            )
+    unet.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(ckpt.optimizer_from_tree(state["optimizer"]))
+    ckpt.set_rng_state(state["rng"])
+    progress = state["progress"]
+    return int(progress["step"]), int(progress["position"]), float(progress["elapsed_s"])
+
+
+def write_samples(
+    ctx: dist_.DistContext, cfg: TrainConfig, model: LoadedModel, grid: Path, strip: Path
+) -> None:
+    """Sample the grid (split over ranks, gathered on rank 0) and write grid + stage strip."""
+    s = cfg.sample
+    start, stop = dist_.shard(ctx, s.num)
+    local = generate(
+        model, range(start, stop), s.seed, s.sampler(), batch_size=s.batch_size, device=ctx.device
+    )
+    x = dist_.gather_shards(ctx, local.x, s.num)
+    preds = [dist_.gather_shards(ctx, p, s.num) for p in local.stage_predictions]
+    if not ctx.is_main:
+        return
+    save_png(make_grid(x), grid)
+    tile = strip_tile(cfg.process.resolution)
+    columns, labels = strip_columns(model.process, Samples(x, preds), s.strip_rows, tile)
+    save_png(stage_strip(columns, labels, tile=tile), strip)
