@@ -14,24 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-TINY = [
-    "--set",
-    "model.base_channels=8",
-    "--set",
-    "model.num_heads=2",
-    "--set",
-    "sample.num=4",
-    "--set",
-    "sample.steps=4",
-    "--set",
-    "sample.strip_rows=2",
-    "--batch-size",
-    "6",
-    "--device",
-    "cpu",
-    "--set",
-    "train.log_every=1",
-]
+TINY = (
+    "--set model.base_channels=8 --set model.num_heads=2 --set sample.num=4 --set "
+    "sample.steps=4 --set sample.strip_rows=2 --batch-size 6 --device cpu --set "
+    "train.log_every=1"
+).split()
 
 
 def fdm_command() -> list[str]:

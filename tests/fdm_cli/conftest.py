@@ -10,27 +10,11 @@ from typer.testing import CliRunner
 from fdm_cli.app import app
 
 # A UNet of ~0.08M parameters, a handful of steps and a 4-image sample grid: seconds, not minutes.
-TINY = [
-    "--set",
-    "model.base_channels=8",
-    "--set",
-    "model.num_heads=2",
-    "--set",
-    "sample.num=4",
-    "--set",
-    "sample.steps=6",
-    "--set",
-    "sample.strip_rows=2",
-    "--set",
-    "train.log_every=1",
-    "--set",
-    "optim.warmup_steps=2",
-    "--batch-size",
-    "6",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
+TINY = (
+    "--set model.base_channels=8 --set model.num_heads=2 --set sample.num=4 --set "
+    "sample.steps=6 --set sample.strip_rows=2 --set train.log_every=1 --set "
+    "optim.warmup_steps=2 --batch-size 6 --device cpu --no-progress"
+).split()
 
 
 def run_cli(*args: str | Path) -> object:

@@ -279,6 +279,7 @@ def sample(
 
 def _restore(
     task: str,
+    *,
     model: Path,
     images: list[Path],
     out: Path,
@@ -287,6 +288,7 @@ def _restore(
     device: str,
     **options: Any,
 ) -> None:
+    """super-resolve and deblur: the same options, one implementation (`fdm_cli.restore`)."""
     from .distributed import resolve_device
     from .restore import restore
 
@@ -311,20 +313,7 @@ def super_resolve(
     device: DeviceOpt = "auto",
 ) -> None:
     """Up-sample images with a down-sampling f-DM by starting the sampler at their stage."""
-    _restore(
-        "super-resolve",
-        model,
-        images,
-        out,
-        steps,
-        eta,
-        device,
-        from_stage=from_stage,
-        start_t=start_t,
-        resize=resize,
-        seed=seed,
-        ema=ema,
-    )
+    _restore("super-resolve", **locals())  # the options above, by name
 
 
 @app.command()
@@ -343,20 +332,7 @@ def deblur(
     device: DeviceOpt = "auto",
 ) -> None:
     """Sharpen images with a blur f-DM by starting the sampler at a blurred stage."""
-    _restore(
-        "deblur",
-        model,
-        images,
-        out,
-        steps,
-        eta,
-        device,
-        from_stage=from_stage,
-        start_t=start_t,
-        resize=resize,
-        seed=seed,
-        ema=ema,
-    )
+    _restore("deblur", **locals())  # the options above, by name
 
 
 # ---------------------------------------------------------------------------------------------
