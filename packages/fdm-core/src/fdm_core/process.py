@@ -67,18 +67,20 @@ class FDMProcess:
 
     # -- time and noise levels --------------------------------------------------------------
     def stage_of(self, t: torch.Tensor) -> torch.Tensor:
-        """Stage index k with tau_k <= t < tau_{k+1} (t = 1 belongs to stage K)."""
+        """Stage index k with tau_k <= t < tau_{k+1}; t = 1 is in stage K (docs/design.md (E2))."""
         inner = torch.tensor(self.boundaries[1:-1], dtype=t.dtype, device=t.device)
         return torch.bucketize(t, inner, right=True)
 
     def delta(self, t: torch.Tensor, k: int) -> torch.Tensor:
-        """Interpolation weight delta_t in [0, 1] inside stage k; 0 in stage K or with it off."""
+        """Interpolation weight delta_t in [0, 1] inside stage k; 0 in stage K or with it off
+        (docs/design.md §2 (E3))."""
         if k == self.num_stages - 1 or not self.config.interpolation:
             return torch.zeros_like(t)
         return ((t - self.boundaries[k]) / self.stage_lengths[k]).clamp(0.0, 1.0)
 
     def logsnr(self, t: torch.Tensor, k: int) -> torch.Tensor:
-        """lambda_k(t) = lambda(t) + gamma log(d_0 / d_k), the resolution-aware log-SNR.
+        """lambda_k(t) = lambda(t) + gamma log(d_0 / d_k), the resolution-aware log-SNR
+        (docs/design.md §3.3, §4 (E9, E10)).
 
         In the last stage K the offset is annealed linearly to 0 at t = 1, so lambda_K(1) =
         lambda(1): the sampler's prior z = sigma xi at t = 1 stays the base schedule's near-pure
@@ -91,7 +93,7 @@ class FDMProcess:
         return self.noise_schedule.logsnr(t) + offset
 
     def alpha_sigma(self, t: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Variance-preserving alpha_t, sigma_t of stage k (computed in float64)."""
+        """Variance-preserving alpha_t, sigma_t of stage k, in float64 (docs/design.md (E6))."""
         lam = self.logsnr(t.double(), k)
         return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
 
@@ -109,7 +111,7 @@ class FDMProcess:
         return xk
 
     def mean(self, xk: torch.Tensor, t: torch.Tensor, k: int) -> torch.Tensor:
-        """M_t x^k = x^k + delta_t (g(f(x^k)) - x^k)."""
+        """M_t x^k = x^k + delta_t (g(f(x^k)) - x^k) (docs/design.md §2 (E4))."""
         delta = self.delta(t, k)
         if not bool((delta > 0).any()):
             return xk
@@ -119,7 +121,7 @@ class FDMProcess:
     def q_sample(
         self, x_stage: torch.Tensor, t: torch.Tensor, k: int, eps: torch.Tensor
     ) -> torch.Tensor:
-        """z_t = alpha_t M_t x^k + sigma_t eps for stage-k signals."""
+        """z_t = alpha_t M_t x^k + sigma_t eps for stage-k signals (docs/design.md §3.1 (E5))."""
         alpha, sigma = self.alpha_sigma(t, k)
         return per_sample(alpha, x_stage) * self.mean(x_stage, t, k) + per_sample(sigma, eps) * eps
 
@@ -174,12 +176,13 @@ class FDMProcess:
 
     # -- stage boundaries --------------------------------------------------------------------
     def boundary_scale(self, k: int) -> float:
-        """c_k = alpha_k(tau) / alpha_{k+1}(tau) at tau = tau_{k+1} (boundary between k and k+1)."""
+        """c_k = alpha_k(tau) / alpha_{k+1}(tau) at tau = tau_{k+1}, the boundary between k and k+1
+        (docs/design.md §5.1 (E12))."""
         tau = torch.tensor([self.boundaries[k + 1]], dtype=torch.float64)
         return float(self.alpha_sigma(tau, k)[0] / self.alpha_sigma(tau, k + 1)[0])
 
     def down_step(self, z: torch.Tensor, k: int) -> torch.Tensor:
-        """Forward crossing at tau_{k+1}: z^(k+1) = f(z^(k)) / c_k."""
+        """Forward crossing at tau_{k+1}: z^(k+1) = f(z^(k)) / c_k (docs/design.md §5.1 (E12))."""
         return self.transforms[k].encode(z) / self.boundary_scale(k)
 
     def up_step(

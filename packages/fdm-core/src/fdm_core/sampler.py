@@ -59,7 +59,8 @@ def steps_per_stage(process: FDMProcess, config: SamplerConfig) -> list[int]:
 
 
 def stage_grid(process: FDMProcess, k: int, start: float, steps: int) -> list[float]:
-    """Times from `start` down to tau_k inside stage k, uniform with the stage's step size."""
+    """Times from `start` down to tau_k inside stage k, uniform with the stage's step size
+    (docs/design.md §7.2 (E29))."""
     lo, length = process.boundaries[k], process.stage_lengths[k]
     n = round(steps * (start - lo) / length)
     if start > lo:
@@ -77,7 +78,8 @@ def ddim_step(
     eta: float,
     xi: torch.Tensor | None,
 ) -> torch.Tensor:
-    """One step t -> s (s < t) inside stage k from the clean prediction xhat^k."""
+    """One step t -> s (s < t) inside stage k from the clean prediction xhat^k
+    (docs/design.md §7.1 (E25-E27))."""
     tt = torch.full((z.shape[0],), t, dtype=torch.float64, device=z.device)
     ss = torch.full_like(tt, s)
     alpha_t, sigma_t = process.alpha_sigma(tt, k)
@@ -107,8 +109,9 @@ def initial_state(
     start: Start | None,
     device: torch.device | str,
 ) -> tuple[int, float, torch.Tensor, torch.Tensor | None]:
-    """(stage, t, z, clean): pure noise z = sigma_K(1) xi at t = 1 of stage K, or z = alpha_t M_t
-    y + sigma_t xi from the start signal y (which then stands as the clean prediction)."""
+    """(stage, t, z, clean): pure noise z = sigma_K(1) xi at t = 1 of stage K (the terminal noise
+    level, docs/design.md §4), or z = alpha_t M_t y + sigma_t xi from the start signal y, which
+    then stands as the clean prediction (docs/design.md §7.4 (E30))."""
     if start is None:
         k = process.num_stages - 1
         sigma = float(process.alpha_sigma(torch.ones(1, dtype=torch.float64), k)[1])
