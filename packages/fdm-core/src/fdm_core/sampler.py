@@ -124,10 +124,7 @@ def initial_state(
             f"[{process.boundaries[k]}, {process.boundaries[k + 1]}]"
         )
     tt = torch.full((signal.shape[0],), t, dtype=torch.float64, device=device)
-    alpha, sigma = process.alpha_sigma(tt, k)
-    xi = draw(k)
-    z = per_sample(alpha, signal) * process.mean(signal, tt, k) + per_sample(sigma, signal) * xi
-    return k, t, z, signal
+    return k, t, process.q_sample(signal, tt, k, draw(k)), signal
 
 
 @torch.no_grad()
