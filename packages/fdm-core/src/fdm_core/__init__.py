@@ -1,6 +1,7 @@
 """fdm-core: the f-DM multi-stage diffusion process (Gu et al., ICLR 2023). See docs/design.md
 §1."""
 
+from .assets import AssetError, AssetPath, bundle_assets, content_digest
 from .checkpoint import (
     CheckpointError,
     atomic_write,
@@ -18,9 +19,17 @@ from .registry import PluginError, Registry, get_registry, load_registry, reset_
 from .sampler import Callback, SampleOutput, Start, ddim_step, sample, steps_per_stage
 from .schedules import NoiseSchedule, StageSchedule
 from .testing import TransformConformance, check_transform
-from .transform import Boundary, Shape, SignalTransform, TransformParams
+from .transform import (
+    Boundary,
+    Shape,
+    SignalTransform,
+    TransformContractError,
+    TransformParams,
+)
 
 __all__ = [
+    "AssetError",
+    "AssetPath",
     "Boundary",
     "Callback",
     "CheckpointError",
@@ -42,9 +51,12 @@ __all__ = [
     "StageSchedule",
     "Start",
     "TransformConformance",
+    "TransformContractError",
     "TransformParams",
     "atomic_write",
+    "bundle_assets",
     "check_transform",
+    "content_digest",
     "ddim_step",
     "diffusion_loss",
     "get_registry",

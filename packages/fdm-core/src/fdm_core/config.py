@@ -4,24 +4,31 @@ Components (transforms, schedules) are given as registry specs ``{"name": ..., *
 config validates names against the plugin registry and parameters against each component's own
 pydantic model, so a bad config fails here with the field and the allowed values in the message.
 Validate against another registry than the default with
-``ProcessConfig.model_validate(data, context={"registry": registry})``.
+``ProcessConfig.model_validate(data, context={"registry": registry})``; relative asset paths
+(an autoencoder's folder, docs/design.md §10.5) resolve against ``context={"base_dir": DIR}``.
+Every transform is checked against its declared boundary contract when it is built
+(`TransformContractError`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from .assets import resolve_spec_assets
 from .registry import Registry, get_registry
 from .schedules import TERMINAL_ALPHA_MAX, NoiseSchedule, StageSchedule
+from .testing import verify_contract
 from .transform import Shape, SignalTransform
 
 
@@ -49,6 +56,11 @@ class ProcessConfig(BaseModel):
     transforms: list[ComponentSpec] = Field(
         default_factory=list, description="f_1..f_K; K transforms make K + 1 stages ([] is DDPM)"
     )
+    latent: ComponentSpec | None = Field(
+        None,
+        description="a transform into the space every stage lives in (an autoencoder: latent "
+        "diffusion, the LDM baseline); null: the data space",
+    )
     stage_schedule: ComponentSpec = Field(
         default_factory=lambda: ComponentSpec(name="equal"), description="boundaries tau_1..tau_K"
     )
@@ -68,8 +80,9 @@ class ProcessConfig(BaseModel):
         "truncated", description="x0 loss weight: snr, min(snr, min_snr_gamma), max(snr, 1)"
     )
     min_snr_gamma: float = Field(5.0, gt=0.0, description="gamma of the min_snr weighting")
+    _base_dir: Path | None = PrivateAttr(None)  # where relative asset paths resolve
 
-    @field_validator("stage_schedule", "noise_schedule", mode="before")
+    @field_validator("stage_schedule", "noise_schedule", "latent", mode="before")
     @classmethod
     def _schedule_spec(cls, value: Any) -> Any:
         return _spec(value)
@@ -81,8 +94,10 @@ class ProcessConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_components(self, info: ValidationInfo) -> ProcessConfig:
-        registry = (info.context or {}).get("registry") or get_registry()
-        resolve_components(self, registry)
+        context = info.context or {}
+        base_dir = context.get("base_dir")
+        self._base_dir = Path(base_dir) if base_dir is not None else None
+        resolve_components(self, context.get("registry") or get_registry())
         if self.parameterization == "eps" and self.transforms and self.interpolation:
             raise ValueError(
                 "parameterization 'eps' needs an identity mean path (no transforms, or "
@@ -98,22 +113,21 @@ class Components(NamedTuple):
     noise_schedule: NoiseSchedule
     stage_schedule: StageSchedule
     stage_shapes: list[Shape]  # per-sample shapes of x^0..x^K
+    latent: SignalTransform | None  # data -> the space of x^0 (None: x^0 is the data)
 
 
 def resolve_components(config: ProcessConfig, registry: Registry) -> Components:
-    """Build transforms and schedules and check the shape chain. Raises ValueError naming the
-    offending field."""
-    transforms = []
+    """Build transforms and schedules and check the shape chain and each transform's boundary
+    contract. Raises ValueError naming the offending field."""
     shape = (config.channels, config.resolution, config.resolution)
-    shapes = [shape]
+    latent = None
+    if config.latent is not None:
+        latent, shape = _transform(registry, config, config.latent, "latent", shape, "the data")
+    transforms, shapes = [], [shape]
     for i, spec in enumerate(config.transforms):
-        transform = _build(registry, "transform", spec, f"transforms[{i}]")
-        try:
-            shape = tuple(transform.out_shape(shape))
-        except ValueError as exc:
-            raise ValueError(
-                f"transforms[{i}] ({spec.name}) cannot take stage {i} of shape {shapes[-1]}: {exc}"
-            ) from None
+        transform, shape = _transform(
+            registry, config, spec, f"transforms[{i}]", shape, f"stage {i}"
+        )
         transforms.append(transform)
         shapes.append(shape)
     noise = _build(registry, "noise_schedule", config.noise_schedule, "noise_schedule")
@@ -129,7 +143,39 @@ def resolve_components(config: ProcessConfig, registry: Registry) -> Components:
         stage.boundaries(len(transforms) + 1)
     except ValueError as exc:
         raise ValueError(f"stage_schedule: {exc}") from None
-    return Components(transforms, noise, stage, shapes)
+    return Components(transforms, noise, stage, shapes, latent)
+
+
+def _transform(
+    registry: Registry,
+    config: ProcessConfig,
+    spec: ComponentSpec,
+    field: str,
+    shape: Shape,
+    what: str,
+) -> tuple[SignalTransform, Shape]:
+    """Build one transform (asset paths resolved), check its input shape and its contract."""
+    try:
+        factory = registry.get("transform", spec.name).factory
+        spec = ComponentSpec(**resolve_spec_assets(spec.as_dict(), factory, config._base_dir))
+    except KeyError as exc:
+        raise ValueError(f"{field}: {exc.args[0]}") from None
+    except ValueError as exc:
+        raise ValueError(f"{field} ({spec.name}): {exc}") from None
+    transform = _build(registry, "transform", spec, field)
+    if not isinstance(transform, SignalTransform):
+        raise ValueError(
+            f"{field} ({spec.name}): the registered factory built a {type(transform).__name__}, "
+            "not a fdm_core.SignalTransform"
+        )
+    try:
+        out = tuple(transform.out_shape(shape))
+    except ValueError as exc:
+        raise ValueError(
+            f"{field} ({spec.name}) cannot take {what} of shape {shape}: {exc}"
+        ) from None
+    verify_contract(transform, shape, f"{field} ({spec.name})")
+    return transform, out
 
 
 def _build(registry: Registry, kind: str, spec: ComponentSpec, field: str) -> Any:

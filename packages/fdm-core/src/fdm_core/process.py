@@ -56,6 +56,7 @@ class FDMProcess:
         self.config = config
         components = resolve_components(config, registry or get_registry())
         self.transforms: list[SignalTransform] = components.transforms
+        self.latent: SignalTransform | None = components.latent
         self.noise_schedule = components.noise_schedule
         self.stage_schedule = components.stage_schedule
         self.stage_shapes: list[tuple[int, ...]] = components.stage_shapes
@@ -99,16 +100,20 @@ class FDMProcess:
 
     # -- signals --------------------------------------------------------------------------------
     def stage_signal(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """x^k = f_k(...f_1(x)) for data x."""
+        """x^k = f_k(...f_1(x^0)) for data x, where x^0 = x, or E(x) in latent diffusion
+        (docs/design.md §1, §10.3)."""
+        if self.latent is not None:
+            x = self.latent.encode(x)
         for transform in self.transforms[:k]:
             x = transform.encode(x)
         return x
 
     def to_data_space(self, xk: torch.Tensor, k: int) -> torch.Tensor:
-        """g_1(...g_k(x^k)): a stage-k signal shown in data space (e.g. for a stage strip)."""
+        """g_1(...g_k(x^k)) (then the latent's decoder): a stage-k signal shown in data space,
+        e.g. for a stage strip or the sampler's output."""
         for transform in reversed(self.transforms[:k]):
             xk = transform.decode(xk)
-        return xk
+        return xk if self.latent is None else self.latent.decode(xk)
 
     def mean(self, xk: torch.Tensor, t: torch.Tensor, k: int) -> torch.Tensor:
         """M_t x^k = x^k + delta_t (g(f(x^k)) - x^k) (docs/design.md §2 (E4))."""

@@ -42,7 +42,7 @@ class Start:
 
 @dataclass
 class SampleOutput:
-    x: torch.Tensor  # the final clean prediction xhat^0, in data space
+    x: torch.Tensor  # the final clean prediction xhat^0, in data space (decoded from a latent)
     z: torch.Tensor  # the final noisy state z_0 (stage 0, t = 0)
 
 
@@ -154,4 +154,4 @@ def sample(
                 callback(k, s, z, clean)
         if k > 0:
             z = process.up_step(z, k - 1, draw(k - 1), clean)
-    return SampleOutput(clean, z)
+    return SampleOutput(process.to_data_space(clean, 0), z)

@@ -26,7 +26,7 @@ import math
 import torch
 
 from .registry import Registry, get_registry
-from .transform import Boundary, Shape, SignalTransform
+from .transform import Boundary, Shape, SignalTransform, TransformContractError
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, what: str, tol: float = 1e-5) -> None:
@@ -147,14 +147,56 @@ def check_transform(
     check_boundary_contract(transform, shape)
 
 
-def check_boundary_contract(transform: SignalTransform, shape: Shape) -> None:
+def check_boundary_contract(
+    transform: SignalTransform, shape: Shape, white_noise: bool = True
+) -> None:
     """The properties the declared boundary kind promises (nothing extra for ``renoise``)."""
     if transform.boundary == Boundary.PROJECTION:
         check_projection(transform, shape)
-        check_white_noise(transform, shape)
+        if white_noise:
+            check_white_noise(transform, shape)
     elif transform.boundary == Boundary.IDENTITY:
         y = _input(shape, 2)
         _close(transform.decode(y), y, "decode of an identity-boundary transform is the identity")
+
+
+def verify_contract(transform: SignalTransform, shape: Shape, label: str) -> None:
+    """The checks a process runs on each transform it is built with (docs/design.md §10.4):
+    shapes and dtype on a float32 batch, and the declared boundary's properties (not the
+    sampled white-noise check). Raises `TransformContractError` naming `label`, the boundary
+    kind and the broken property."""
+    try:
+        kind = Boundary(transform.boundary)
+    except (AttributeError, ValueError):
+        allowed = ", ".join(b.value for b in Boundary)
+        raise TransformContractError(
+            f"{label}: boundary must be one of {allowed}, "
+            f"got {getattr(transform, 'boundary', None)!r}"
+        ) from None
+    try:
+        out = tuple(transform.out_shape(shape))
+        x = _input(shape, 2, torch.float32)
+        y = transform.encode(x)
+        assert tuple(y.shape) == (2, *out), (
+            f"encode gave {tuple(y.shape[1:])} per sample, out_shape says {out}"
+        )
+        assert y.dtype == x.dtype, f"encode turned {x.dtype} into {y.dtype}"
+        back = transform.decode(y)
+        assert tuple(back.shape) == (2, *shape), (
+            f"decode gave {tuple(back.shape[1:])} per sample, want {tuple(shape)}"
+        )
+        if kind == Boundary.IDENTITY:
+            assert out == tuple(shape), f"the shape must be kept ({tuple(shape)} -> {out})"
+        check_boundary_contract(transform, shape, white_noise=False)
+    except AssertionError as exc:
+        raise TransformContractError(
+            f"{label} breaks the {kind.value!r} boundary contract: {exc}"
+        ) from None
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise TransformContractError(
+            f"{label} failed on a batch of shape (2, {', '.join(map(str, shape))}): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
 
 
 class TransformConformance:

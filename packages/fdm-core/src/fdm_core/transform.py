@@ -37,6 +37,11 @@ class Boundary(str, Enum):
     RENOISE = "renoise"
 
 
+class TransformContractError(ValueError):
+    """A transform breaks the contract of its declared boundary kind (raised when a process is
+    built with it; the message names the transform and the broken property)."""
+
+
 class TransformParams(BaseModel):
     """Base class of a transform's validated parameters (unknown keys are rejected)."""
 
@@ -76,8 +81,13 @@ class SignalTransform(ABC):
 
     def to_config(self) -> dict[str, Any]:
         """The registry spec that rebuilds this transform: ``{"name": ..., **params}``."""
-        return {"name": self.name, **self.params.model_dump(mode="json")}
+        return {"name": self.name, **self._param_values("json")}
+
+    def _param_values(self, mode: str = "python") -> dict[str, Any]:
+        # A subclass with its own __init__ may not have called ours: then it has no params.
+        params = getattr(self, "params", None)
+        return params.model_dump(mode=mode) if isinstance(params, BaseModel) else {}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self._param_values().items())
         return f"{type(self).__name__}({args})"
