@@ -35,7 +35,7 @@ TRAIN_ERRORS = [
     (
         ["--preset", "fdm-xyz"],
         "Invalid value for '--preset': 'fdm-xyz' is not one of 'fdm-ds', "
-        "'fdm-blur-g', 'fdm-blur-u', 'ddpm'. (see 'fdm train --help')",
+        "'fdm-blur-g', 'fdm-blur-u', 'fdm-vae', 'ldm', 'ddpm'. (see 'fdm train --help')",
     ),
     (["--set", "process.gamma"], "--set expects key=value"),
     (["--set", "model.nonsense=1"], "model.nonsense: Extra inputs are not permitted"),

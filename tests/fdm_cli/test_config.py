@@ -38,7 +38,7 @@ def test_presets_resolve(preset: str, stage_shapes: list, transform: str | None)
 
 
 def test_all_presets_listed() -> None:
-    assert set(PRESETS) == {"fdm-ds", "fdm-blur-g", "fdm-blur-u", "ddpm"}
+    assert set(PRESETS) == {"fdm-ds", "fdm-blur-g", "fdm-blur-u", "fdm-vae", "ldm", "ddpm"}
 
 
 def test_blur_kinds() -> None:

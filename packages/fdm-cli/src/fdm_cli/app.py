@@ -152,6 +152,10 @@ def train(
     preset: Annotated[PresetName | None, Opt(help="Starting point (default fdm-ds).")] = None,
     data: Annotated[str | None, Opt(help="fashion-mnist, an image folder, or IDX files.")] = None,
     out: Annotated[Path | None, Opt(help="RUN_DIR (default runs/<preset>).")] = None,
+    autoencoder: Annotated[
+        Path | None,
+        Opt(help="Autoencoder folder of fdm-vae / ldm (default runs/autoencoder)."),
+    ] = None,
     resolution: Annotated[int | None, Opt(help="Image size in pixels.")] = None,
     max_steps: Annotated[int | None, Opt(help="Train this many steps.")] = None,
     minutes: Annotated[float | None, Opt(help="Train this many minutes (default 7.5).")] = None,
@@ -174,6 +178,7 @@ def train(
     saved = saved_run_config(run_dir) if resume and config is None and preset is None else None
     flags = {
         "data.source": data,
+        "process.autoencoder": None if autoencoder is None else str(autoencoder),
         "process.resolution": resolution,
         "train.max_steps": max_steps,
         "train.minutes": minutes,
@@ -183,7 +188,8 @@ def train(
         "train.precision": precision,
         "train.seed": seed,
     }
-    cfg = resolve_train_config(config, preset, flags, set_ or [], saved)
+    base_dir = run_dir if saved is not None else None  # a saved config names run-relative assets
+    cfg = resolve_train_config(config, preset, flags, set_ or [], saved, base_dir)
     if out is None and saved is None:
         run_dir = Path("runs") / (cfg.preset or "custom")
     console = Console(highlight=False, soft_wrap=True)
@@ -271,7 +277,7 @@ def sample(
             f"{loaded.description}"
         )
     if strip is not None:
-        tile = strip_tile(loaded.process.stage_shapes[0][1])
+        tile = strip_tile(loaded.process.config.resolution)
         columns, labels = strip_columns(loaded.process, result, strip_rows, tile)
         save_png(stage_strip(columns, labels, tile=tile), strip)
         console.print(f"wrote stage strip to {strip}")

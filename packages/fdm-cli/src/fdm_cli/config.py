@@ -130,6 +130,7 @@ class TrainConfig(_Section):
 # Building a TrainConfig from layers
 
 BUDGET_FLAGS = ("train.max_steps", "train.minutes")
+AUTOENCODER_KEY = "process.autoencoder"  # --autoencoder DIR, or --set process.autoencoder=DIR
 
 
 def resolve_train_config(
@@ -138,6 +139,7 @@ def resolve_train_config(
     flags: Mapping[str, Any] | None = None,
     overrides: Sequence[str] = (),
     saved: dict[str, Any] | None = None,
+    base_dir: Path | None = None,
 ) -> TrainConfig:
     """The TrainConfig of a run: the one path from what the user gave to a validated config.
 
@@ -147,7 +149,9 @@ def resolve_train_config(
     maps dotted keys (``"optim.lr"``) to flag values, None meaning "not given"; a step or time
     budget flag replaces the other budget. `overrides` are ``--set key=value`` strings. The
     data's channels then fix ``process.channels``, the process fixes ``model.stage_shapes``.
-    Anything invalid is a UserError naming the field and what is allowed.
+    ``process.autoencoder`` (flag or override) sets the folder of every autoencoder transform.
+    Relative asset paths resolve against `base_dir` (the run folder of a saved config; default
+    the working directory). Anything invalid is a UserError naming the field and what is allowed.
     """
     given = {key: value for key, value in (flags or {}).items() if value is not None}
     if all(key in given for key in BUDGET_FLAGS):
@@ -163,12 +167,52 @@ def resolve_train_config(
             apply_override(raw, other.split("."), None)
     for item in overrides:
         apply_override(raw, *parse_override(item))
+    autoencoder = raw.get("process", {}).pop("autoencoder", None)
+    if autoencoder is not None:
+        set_autoencoder(raw, str(autoencoder))
     try:
         data = DataConfig.model_validate(raw.get("data", {}))
     except ValidationError as exc:
         raise UserError(f"invalid config: {format_validation_error(exc, 'data')}") from None
     channels = probe_channels(data.source, None if data.channels == "auto" else data.channels)
-    return finalize(raw, channels)
+    return finalize(raw, channels, base_dir)
+
+
+def set_autoencoder(raw: dict[str, Any], folder: str) -> None:
+    """Point every ``autoencoder`` transform of the process (chain and latent) at `folder`."""
+    process = raw.setdefault("process", {})
+    specs = [s for s in [*process.get("transforms", []), process.get("latent")] if s]
+    found = [s for s in specs if isinstance(s, dict) and s.get("name") == "autoencoder"]
+    if not found:
+        raise UserError(
+            f"--autoencoder {folder}: this process has no autoencoder transform; use "
+            "--preset fdm-vae or ldm, or add {name: autoencoder, path: DIR} to process.transforms"
+        )
+    for spec in found:
+        spec["path"] = folder
+
+
+def bundle_run_assets(cfg: TrainConfig, folder: Path) -> TrainConfig:
+    """`cfg` with the assets of its process (an autoencoder's folder) copied into `folder` and
+    named relative to it, so the run is self-contained (docs/design.md §10.5)."""
+    from fdm_core import bundle_assets, get_registry
+
+    process = cfg.process
+    specs = [spec.as_dict() for spec in process.transforms]
+    if process.latent is not None:
+        specs.append(process.latent.as_dict())
+    factories = [get_registry().get("transform", spec["name"]).factory for spec in specs]
+    try:
+        bundled = bundle_assets(specs, factories, folder, process._base_dir)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot copy the process's assets into {folder}: {exc}") from None
+    if bundled == specs:
+        return cfg
+    raw = cfg.to_dict()
+    if process.latent is not None:
+        raw["process"]["latent"] = bundled.pop()
+    raw["process"]["transforms"] = bundled
+    return TrainConfig.model_validate(raw, context={"base_dir": folder})
 
 
 def saved_run_config(run_dir: Path) -> dict[str, Any] | None:
@@ -273,13 +317,16 @@ def _unaliased(raw: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(raw, default=str))
 
 
-def finalize(raw: dict[str, Any], data_channels: int) -> TrainConfig:
-    """Validate `raw` into a TrainConfig: channels from the data, stage shapes from the process."""
+def finalize(raw: dict[str, Any], data_channels: int, base_dir: Path | None = None) -> TrainConfig:
+    """Validate `raw` into a TrainConfig: channels from the data, stage shapes from the process;
+    relative asset paths resolve against `base_dir`."""
     raw = deep_merge(raw, {"process": {"channels": data_channels}})
+    context = {"base_dir": base_dir}
     try:
-        process = ProcessConfig.model_validate(raw.get("process", {}))
+        process = ProcessConfig.model_validate(raw.get("process", {}), context=context)
     except ValidationError as exc:
-        raise UserError(f"invalid config: {format_validation_error(exc, 'process')}") from None
+        message = format_validation_error(exc, "process")
+        raise UserError(f"invalid config: {message}{_autoencoder_hint(message)}") from None
     except ValueError as exc:
         raise UserError(f"invalid config: process: {exc}") from None
     from fdm_core import FDMProcess
@@ -288,8 +335,17 @@ def finalize(raw: dict[str, Any], data_channels: int) -> TrainConfig:
     raw = deep_merge(raw, {"model": {"stage_shapes": shapes}})
     raw["process"] = process.model_dump(mode="json")
     try:
-        return TrainConfig.model_validate(raw)
+        return TrainConfig.model_validate(raw, context=context)
     except ValidationError as exc:
         raise UserError(f"invalid config: {format_validation_error(exc)}") from None
     except ValueError as exc:
         raise UserError(f"invalid config: {exc}") from None
+
+
+def _autoencoder_hint(message: str) -> str:
+    if "(autoencoder)" in message and "does not exist" in message:
+        return (
+            "; train one with fdm train-autoencoder (it writes runs/autoencoder) or give "
+            "--autoencoder DIR"
+        )
+    return ""

@@ -11,8 +11,15 @@ preset         process
 fdm-ds         three stages 32 -> 16 -> 8 by 2x mean-pool down-sampling (the default)
 fdm-blur-g     three stages of increasing Gaussian blur (sigma 1 per transform)
 fdm-blur-u     three stages of increasing box blur (3x3 per transform)
+fdm-vae        f-DM-VAE: stage 0 in pixels, stage 1 the latent of a pretrained autoencoder
+ldm            latent diffusion (the paper's LDM baseline): one stage, all in that latent
 ddpm           K = 0: one stage, a plain DDPM/DDIM with the same UNet
 =============  ==========================================================================
+
+``fdm-vae`` and ``ldm`` read the autoencoder from ``runs/autoencoder`` (where
+``fdm train-autoencoder`` writes it); ``fdm train --autoencoder DIR`` (or
+``--set process.autoencoder=DIR``) names another. The run keeps a copy of it (docs/design.md
+§10.5).
 """
 
 from __future__ import annotations
@@ -50,11 +57,15 @@ BASE: dict[str, Any] = {
 _DOWNSAMPLE = {"name": "downsample", "factor": 2}
 _GAUSSIAN = {"name": "blur", "kind": "gaussian", "sigma": 1.0}
 _BOX = {"name": "blur", "kind": "uniform", "size": 3}
+DEFAULT_AUTOENCODER = "runs/autoencoder"
+_AUTOENCODER = {"name": "autoencoder", "path": DEFAULT_AUTOENCODER}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "fdm-ds": {"process": {"transforms": [_DOWNSAMPLE, _DOWNSAMPLE]}},
     "fdm-blur-g": {"process": {"transforms": [_GAUSSIAN, _GAUSSIAN]}},
     "fdm-blur-u": {"process": {"transforms": [_BOX, _BOX]}},
+    "fdm-vae": {"process": {"transforms": [_AUTOENCODER]}},
+    "ldm": {"process": {"transforms": [], "latent": _AUTOENCODER}},
     "ddpm": {"process": {"transforms": []}},
 }
 
@@ -62,6 +73,8 @@ DESCRIPTIONS: dict[str, str] = {
     "fdm-ds": "f-DM-DS: 3 stages by 2x down-sampling (32 -> 16 -> 8)",
     "fdm-blur-g": "f-DM-Blur-G: 3 stages of Gaussian blur (sigma 1 each)",
     "fdm-blur-u": "f-DM-Blur-U: 3 stages of box blur (3x3 each)",
+    "fdm-vae": "f-DM-VAE: 2 stages, pixels then an autoencoder's latent",
+    "ldm": "LDM baseline: one stage in an autoencoder's latent, same UNet",
     "ddpm": "DDPM baseline: K = 0, one stage, same UNet",
 }
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from fdm_core import SamplerConfig, Start
+from fdm_core import Boundary, SamplerConfig, Start
 
 from .data import image_channels, open_image, pil_to_tensor
 from .errors import UserError
@@ -66,7 +66,7 @@ def load_condition(
     width, height = im.size
     channels = shapes[0][0]
     if stage is None:
-        matches = [k for k in range(1, len(shapes)) if tuple(shapes[k][1:]) == (height, width)]
+        matches = [k for k in image_stages(model)[1:] if tuple(shapes[k][1:]) == (height, width)]
         if len(matches) != 1:
             why = "several stages have that size" if matches else "no stage has that size"
             raise UserError(
@@ -103,13 +103,41 @@ def load_condition(
     return Condition(path, stage, signal)
 
 
+def image_stages(model: LoadedModel) -> list[int]:
+    """The stages whose signal is an image: reached from the data through `projection` and
+    `identity` transforms only. An autoencoder's latent (a `renoise` boundary) is not one, and
+    in latent diffusion no stage is."""
+    process = model.process
+    if process.latent is not None:
+        return []
+    stages = [0]
+    for k, transform in enumerate(process.transforms, start=1):
+        if transform.boundary == Boundary.RENOISE:
+            break
+        stages.append(k)
+    return stages
+
+
 def check_task(model: LoadedModel, task: str) -> None:
-    """super-resolve needs stages smaller than the data; deblur needs same-size stages."""
-    shapes = model.process.stage_shapes
-    if len(shapes) == 1:
+    """super-resolve needs image stages smaller than the data; deblur needs same-size ones."""
+    process = model.process
+    if process.latent is not None:
+        raise UserError(
+            f"this model runs in an autoencoder's latent space (latent diffusion): no stage "
+            f"holds an image, so {task} has no meaning for it"
+        )
+    if len(process.stage_shapes) == 1:
         raise UserError(
             f"this model has a single stage (K = 0, a plain DDPM): {task} needs a multi-stage f-DM"
         )
+    images = image_stages(model)
+    if len(images) == 1:
+        raise UserError(
+            f"stage 1 of this model is the latent of its {process.transforms[0].name} "
+            f"transform (a renoise boundary), not an image: {task} needs a down-sampling or "
+            "blur model"
+        )
+    shapes = [process.stage_shapes[k] for k in images]
     smaller = any(tuple(s[1:]) != tuple(shapes[0][1:]) for s in shapes[1:])
     if task == "super-resolve" and not smaller:
         raise UserError(
@@ -135,6 +163,11 @@ def check_start(model: LoadedModel, stage: int, start_t: float | None) -> None:
     b = model.process.boundaries
     if not 0 <= stage < len(model.process.stage_shapes):
         raise UserError(f"--from-stage {stage}: this model has stages 0..{len(b) - 2}")
+    if stage not in image_stages(model):
+        raise UserError(
+            f"--from-stage {stage} is an autoencoder latent, not an image; image stages of "
+            f"this model: {', '.join(map(str, image_stages(model)))}"
+        )
     if stage == 0 and start_t is None:
         raise UserError(
             "--from-stage 0 is the data itself; give --from-stage >= 1, or "
@@ -178,7 +211,7 @@ def restore(
     names = [c.path.stem for c in conditions]
     if len(set(names)) != len(names):
         raise UserError("two input images share a file name; outputs would overwrite each other")
-    size = loaded.process.stage_shapes[0][1]
+    size = loaded.process.config.resolution
     for i, c in enumerate(conditions):
         result = generate(
             loaded, range(i, i + 1), seed, config, device=dev, start=make_start([c], start_t)

@@ -20,7 +20,7 @@ from fdm_models import EMA, MultiStageUNet
 
 from . import checkpointing as ckpt
 from . import distributed as dist_
-from .config import TrainConfig
+from .config import TrainConfig, bundle_run_assets
 from .data import DataOrder, ImageDataset, load_dataset
 from .errors import UserError
 from .images import atomic_write_bytes, make_grid, save_png, stage_strip
@@ -125,6 +125,7 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext,
             f"{run_dir} already holds a run ({latest.name}); pass --resume to "
             "continue it, or choose another --out"
         )
+    cfg = bundle_run_assets(cfg, run_dir)  # an autoencoder is copied into the run
     dataset = load_dataset(
         cfg.data.source, cfg.process.resolution, cfg.process.channels, cfg.data.fit
     )

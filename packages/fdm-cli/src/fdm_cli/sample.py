@@ -36,9 +36,11 @@ class LoadedModel:
     description: str
 
 
-def _process_from(config: dict, source: Path) -> FDMProcess:
+def _process_from(config: dict, source: Path, base_dir: Path) -> FDMProcess:
+    """The process of a model; its relative asset paths resolve against `base_dir` (the model
+    or run folder, docs/design.md §10.5)."""
     try:
-        return FDMProcess(ProcessConfig.model_validate(config))
+        return FDMProcess(ProcessConfig.model_validate(config, context={"base_dir": base_dir}))
     except ValidationError as exc:
         message = format_validation_error(exc)
         raise UserError(f"{source}: invalid process config: {message}") from None
@@ -66,7 +68,7 @@ def load_model(path: Path, ema: bool = True, device: torch.device | str = "cpu")
                 f"{path}/config.json has no 'process' entry: not an f-DM model "
                 "directory (write one with fdm train)"
             )
-        return LoadedModel(_process_from(config["process"], path), unet, f"{path} (EMA)")
+        return LoadedModel(_process_from(config["process"], path, path), unet, f"{path} (EMA)")
     if path.is_dir():
         file = ckpt.latest_checkpoint(path)
         if file is None:
@@ -78,7 +80,8 @@ def load_model(path: Path, ema: bool = True, device: torch.device | str = "cpu")
     else:
         file = path
     state, config = ckpt.load_checkpoint(file)
-    process = _process_from(config.get("process", {}), file)
+    run_dir = file.parent.parent if file.parent.name == ckpt.CHECKPOINTS else file.parent
+    process = _process_from(config.get("process", {}), file, run_dir)
     try:
         unet = MultiStageUNet(UNetConfig.model_validate(config.get("model", {})))
     except ValidationError as exc:

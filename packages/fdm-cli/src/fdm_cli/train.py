@@ -36,7 +36,7 @@ from fdm_models import save_pretrained
 
 from . import checkpointing as ckpt
 from . import distributed as dist_
-from .config import TrainConfig, TrainOptions
+from .config import TrainConfig, TrainOptions, bundle_run_assets
 from .progress import TrainProgress, graceful_stop
 from .run import Run, setup
 
@@ -255,11 +255,13 @@ def _train(
     run.write_images("final.png", "final-strip.png")
     if main:
         run.log.save_plot(run_dir / "loss.png")
+        model_dir = run_dir / ckpt.MODEL_DIR
+        bundle_run_assets(run.cfg, model_dir)  # the MODEL_DIR carries its own copy
         save_pretrained(
             run.ema.averaged_model(run.unet).cpu(),
-            run_dir / ckpt.MODEL_DIR,
+            model_dir,
             extra_config={
-                "process": cfg.process.model_dump(mode="json"),
+                "process": run.cfg.process.model_dump(mode="json"),
                 "fdm": {"preset": cfg.preset, "step": run.step, "data": cfg.data.source},
             },
         )

@@ -136,13 +136,22 @@ def _bundle_one(source: Path, dest: Path, label: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.]+", "_", label) or "asset"
     relative = f"{ASSETS_DIR}/{stem}-{digest}"
     target = dest / relative
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if source.is_dir():
-            shutil.copytree(source, tmp)
-        else:
-            shutil.copy2(source, tmp)
+    if target.exists():
+        return relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # one per process (DDP ranks)
+    if source.is_dir():
+        shutil.copytree(source, tmp)
+    else:
+        shutil.copy2(source, tmp)
+    try:
         os.replace(tmp, target)
+    except OSError:
+        if not target.exists():  # not another process that bundled the same content first
+            raise
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
     return relative

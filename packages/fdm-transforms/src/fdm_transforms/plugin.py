@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fdm_core import Register, hookimpl
 
+from .autoencoder import AutoencoderTransform
 from .blur import BlurTransform
 from .downsample import DownsampleTransform
 from .identity import IdentityTransform
@@ -12,5 +13,5 @@ from .identity import IdentityTransform
 
 @hookimpl
 def fdm_register_transforms(register: Register) -> None:
-    for transform in (IdentityTransform, DownsampleTransform, BlurTransform):
+    for transform in (IdentityTransform, DownsampleTransform, BlurTransform, AutoencoderTransform):
         register(transform.name, transform)
