@@ -186,7 +186,8 @@ def strip_columns(
         pred = samples.stage_predictions[k][:rows]
         shape = process.stage_shapes[k]
         columns.append(upscale(process.to_data_space(pred, k).clamp(-1, 1), tile))
-        labels.append(f"stage {k}\n{shape[1]}x{shape[2]}")
+        latent = shape[0] != process.config.channels  # e.g. an autoencoder's 4x8x8
+        labels.append(f"stage {k}\n{'x'.join(map(str, shape if latent else shape[1:]))}")
     return columns, labels
 
 
