@@ -86,6 +86,9 @@ def test_resuming_with_a_different_autoencoder_is_refused(tmp_path):
     assert "process.transforms" in result.output
     same = run_cli("train", "--autoencoder", ae, "--resume", *args[: -len(TINY)], *TINY)
     assert same.exit_code == 0, same.output  # the same content bundles to the same path
+    shutil.rmtree(ae)  # resuming from the run's own config needs only its bundled copy
+    own = run_cli("train", "--out", tmp_path / "run", "--resume", "--max-steps", "3", *TINY)
+    assert own.exit_code == 0, own.output
 
 
 def test_ldm_trains_and_samples_in_the_latent_and_restoration_is_refused(tmp_path):
