@@ -6,11 +6,12 @@ CPU torch wheel pinned there is used on this machine kind.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "package"]
+nox.options.sessions = ["lint", "tests", "package", "plugin_example"]
 nox.options.reuse_existing_virtualenvs = False
 
 PACKAGES = ["fdm-core", "fdm-models", "fdm-transforms", "fdm-cli"]
@@ -20,9 +21,9 @@ ROOT = Path(__file__).parent
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check over packages, tests and bench."""
+    """ruff check and ruff format --check over packages, tests, bench and examples."""
     session.install("ruff>=0.6")
-    paths = ("packages", "tests", "bench", "noxfile.py")
+    paths = ("packages", "tests", "bench", "examples", "noxfile.py")
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
 
@@ -78,3 +79,47 @@ def package(session: nox.Session) -> None:
     session.run("python", "-c", check)
     session.run("fdm", "plugins")
     session.run("fdm", "env")
+
+
+@nox.session
+def plugin_example(session: nox.Session) -> None:
+    """Install the example plugin examples/fdm-haar (the package docs/plugins.md builds) next to
+    fdm, run its tests, train two steps with its transform and sample, and check that
+    `fdm plugins --json` lists it with its distribution and version."""
+    session.install(*CONSTRAINTS, "torch", "pytest")
+    session.install(*CONSTRAINTS, *[a for p in PACKAGES for a in ("-e", f"packages/{p}")])
+    session.install(*CONSTRAINTS, "./examples/fdm-haar")
+    session.run("pytest", "examples/fdm-haar/tests")
+    tmp = Path(session.create_tmp()).resolve()
+    run = tmp / "haar-run"
+    haar = "process.transforms=[{name: haar, levels: 1}, {name: haar, levels: 2}]"
+    tiny = ["--set", "model.base_channels=8", "--set", "model.num_heads=2",
+            "--set", "sample.num=4", "--set", "sample.steps=6"]  # fmt: skip
+    session.run(
+        "fdm",
+        "train",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(run),
+        "--set",
+        haar,
+        *tiny,
+    )
+    session.run(
+        "fdm", "sample", str(run), "--num", "4", "--steps", "6", "--out", str(tmp / "g.png")
+    )
+    out = session.run("fdm", "plugins", "--json", silent=True, stderr=None)  # stdout only
+    table = json.loads(str(out))
+    rows = [row for row in table["components"] if row["name"] == "haar"]
+    want = [{"kind": "transform", "name": "haar", "distribution": "fdm-haar", "version": "0.1.0"}]
+    if rows != want or table["errors"]:
+        session.error(
+            f"fdm plugins --json: haar rows {rows}, want {want}; errors {table['errors']}"
+        )
+    session.log(f"fdm plugins --json lists {rows[0]}")
