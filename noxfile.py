@@ -30,9 +30,12 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Install the four packages (editable) and run pytest."""
+    """Install the four packages (editable, fdm-transforms with its diffusers extra so the
+    diffusers-autoencoder tests run) and run pytest."""
     session.install(*CONSTRAINTS, "torch", "triton", "pytest", "pytest-timeout")
-    session.install(*CONSTRAINTS, *[a for p in PACKAGES for a in ("-e", f"packages/{p}")])
+    editable = [f"packages/{p}" for p in PACKAGES]
+    editable[PACKAGES.index("fdm-transforms")] += "[diffusers]"
+    session.install(*CONSTRAINTS, *[a for p in editable for a in ("-e", p)])
     session.run("pytest", *session.posargs)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from fdm_haar import HaarLowPass, haar2d, ihaar2d
 from pydantic import ValidationError
 
 from fdm_core import FDMProcess, ProcessConfig
 from fdm_core.testing import TransformConformance, check_transform
+from fdm_haar import HaarLowPass, haar2d, ihaar2d
 
 
 class TestHaarConformance(TransformConformance):
