@@ -29,8 +29,8 @@ def plugin_table() -> dict[str, Any]:
         for name, entry in sorted(table.items())
     ]
     plugins = [
-        {"entry_point": ep, "distribution": dist, "version": ver}
-        for ep, dist, ver in registry.plugins
+        {"module": module, "distribution": dist, "version": ver}
+        for module, dist, ver in registry.plugins
     ]
     errors = [
         {"plugin": e.plugin, "distribution": e.distribution, "error": e.error}
