@@ -1,4 +1,4 @@
-"""fdm-models: the multi-stage UNet, attention backends, blur/resampling ops, EMA, model I/O.
+"""fdm-models: multi-stage UNet, latent autoencoder, attention, blur/resampling ops, EMA, I/O.
 
 See docs/design.md §11.1 for where this package sits (cli -> transforms -> models -> core).
 """
@@ -10,6 +10,14 @@ from .attention import (
     dot_product_attention,
     resolve_attention_backend,
     xformers_available,
+)
+from .autoencoder import (
+    Autoencoder,
+    AutoencoderConfig,
+    AutoencoderLoss,
+    is_autoencoder_dir,
+    load_autoencoder,
+    save_autoencoder,
 )
 from .config import UNetConfig
 from .ema import EMA, unwrap_model
@@ -26,13 +34,19 @@ __all__ = [
     "ATTENTION_ENV",
     "EMA",
     "AttentionBackendError",
+    "Autoencoder",
+    "AutoencoderConfig",
+    "AutoencoderLoss",
     "MultiStageUNet",
     "UNetConfig",
     "WeightsMismatchError",
     "dot_product_attention",
     "from_pretrained",
+    "is_autoencoder_dir",
+    "load_autoencoder",
     "load_pretrained_config",
     "resolve_attention_backend",
+    "save_autoencoder",
     "save_pretrained",
     "unwrap_model",
     "xformers_available",

@@ -4,6 +4,10 @@ A directory holds ``config.json`` ({"unet": <UNetConfig>, plus any extra keys th
 e.g. the f-DM process config}) and ``model.safetensors``. Both are written atomically (temporary
 file, fsync, ``os.replace``). Loading validates the config and checks the weights against it;
 pickle / ``torch.load`` are never used (docs/design.md §11.2).
+
+The helpers `write_model_dir`, `read_model_config` and `load_weights` are shared with
+:mod:`fdm_models.autoencoder`, whose directories have the same layout under the key
+``autoencoder``.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import json
 import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save
+from torch import nn
 
 from fdm_core import atomic_write
 
@@ -25,6 +30,7 @@ from .unet import MultiStageUNet
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 UNET_KEY = "unet"
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
 class WeightsMismatchError(ValueError):
@@ -48,40 +54,68 @@ def save_pretrained(
     ``extra_config`` entries (JSON-serialisable) are stored beside the ``unet`` key and come
     back from :func:`load_pretrained_config`. Returns the directory.
     """
+    return write_model_dir(
+        directory,
+        type(model).__name__,
+        UNET_KEY,
+        model.config.model_dump(mode="json"),
+        model.state_dict(),
+        extra_config,
+    )
+
+
+def write_model_dir(
+    directory: str | os.PathLike[str],
+    class_name: str,
+    key: str,
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    extra_config: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` (``state_dict`` on the CPU) and then ``config.json``
+    ({"_class_name", "_fdm_models_version", `key`: `config`, **extra}) atomically."""
     extra = dict(extra_config or {})
-    reserved = {UNET_KEY, "_class_name", "_fdm_models_version"} & set(extra)
+    reserved = {key, "_class_name", "_fdm_models_version"} & set(extra)
     if reserved:
         raise ValueError(f"extra_config may not use the reserved keys {sorted(reserved)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = {
-        "_class_name": type(model).__name__,
+    document = {
+        "_class_name": class_name,
         "_fdm_models_version": _package_version(),
-        UNET_KEY: model.config.model_dump(mode="json"),
+        key: config,
         **extra,
     }
-    tensors = {
-        name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()
-    }
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
     with atomic_write(directory / WEIGHTS_NAME) as handle:
         handle.write(save(tensors, metadata={"format": "pt"}))
     with atomic_write(directory / CONFIG_NAME, "w") as handle:
-        handle.write(json.dumps(config, indent=2) + "\n")
+        handle.write(json.dumps(document, indent=2) + "\n")
     return directory
 
 
 def load_pretrained_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """The whole ``config.json`` of a pretrained directory (``unet`` plus the extra keys)."""
+    return read_model_config(directory, UNET_KEY, "save_pretrained")
+
+
+def read_model_config(directory: str | os.PathLike[str], key: str, writer: str) -> dict[str, Any]:
+    """The whole ``config.json`` of a model directory, which must hold a `key` entry
+    (`writer` names the function that writes such directories, for the error message)."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: not a save_pretrained directory")
+        raise FileNotFoundError(f"{path} does not exist: not a {writer} directory")
     config = json.loads(path.read_text())
-    if not isinstance(config, dict) or UNET_KEY not in config:
-        raise ValueError(f"{path} has no {UNET_KEY!r} entry")
+    if not isinstance(config, dict) or key not in config:
+        raise ValueError(f"{path} has no {key!r} entry")
     return config
 
 
-def _check_weights(model: MultiStageUNet, tensors: dict[str, torch.Tensor], source: Path) -> None:
+def check_weights(
+    model: nn.Module, tensors: dict[str, torch.Tensor], source: Path, what: str = "UNet"
+) -> None:
+    """Raise :class:`WeightsMismatchError` naming every missing, unexpected or mis-shaped key
+    of `tensors` against ``model.state_dict()`` (`what` names the model in the message)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -99,8 +133,23 @@ def _check_weights(model: MultiStageUNet, tensors: dict[str, torch.Tensor], sour
         if mismatched:
             problems.append(f"shape mismatches [{'; '.join(mismatched)}]")
         raise WeightsMismatchError(
-            f"{source} does not match the UNet built from {CONFIG_NAME}: " + ", ".join(problems)
+            f"{source} does not match the {what} built from {CONFIG_NAME}: " + ", ".join(problems)
         )
+
+
+def load_weights(
+    model: ModelT, directory: Path, device: torch.device | str, what: str = "UNet"
+) -> ModelT:
+    """Load ``directory/model.safetensors`` into `model` after `check_weights`; returns it on
+    `device` in eval mode."""
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} does not exist")
+    tensors = load_file(weights, device=str(torch.device(device)))
+    check_weights(model, tensors, weights, what)
+    model.load_state_dict(tensors)
+    model.to(device)
+    return model.eval()
 
 
 def from_pretrained(
@@ -114,12 +163,4 @@ def from_pretrained(
     """
     directory = Path(directory)
     config = UNetConfig.model_validate(load_pretrained_config(directory)[UNET_KEY])
-    weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} does not exist")
-    tensors = load_file(weights, device=str(torch.device(device)))
-    model = MultiStageUNet(config)
-    _check_weights(model, tensors, weights)
-    model.load_state_dict(tensors)
-    model.to(device)
-    return model.eval()
+    return load_weights(MultiStageUNet(config), directory, device)
