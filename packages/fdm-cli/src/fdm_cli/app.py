@@ -218,6 +218,57 @@ def _print_dry_run(cfg: Any, run_dir: Path, console: Console) -> None:
     )
 
 
+@app.command("train-autoencoder")
+@cli_errors
+def train_autoencoder(
+    data: Annotated[str | None, Opt(help="fashion-mnist, an image folder, or IDX files.")] = None,
+    out: Annotated[Path | None, Opt(help="RUN_DIR (default runs/autoencoder).")] = None,
+    resolution: Annotated[int | None, Opt(help="Image size in pixels (default 32).")] = None,
+    factor: Annotated[int | None, Opt(help="Down-sampling factor 2, 4 or 8 (default 4).")] = None,
+    latent_channels: Annotated[int | None, Opt(help="Latent channels (default 4).")] = None,
+    bottleneck: Annotated[str | None, Opt(help="kl (KL-VAE, default) or vq (VQ-VAE).")] = None,
+    attention: Annotated[
+        bool | None, Opt("--attention/--no-attention", help="Self-attention at the bottom.")
+    ] = None,
+    base_channels: Annotated[int | None, Opt(help="Width of the full-resolution level.")] = None,
+    batch_size: Annotated[int | None, Opt(help="Images per step.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
+    max_steps: Annotated[int | None, Opt(help="Train this many steps.")] = None,
+    minutes: Annotated[float | None, Opt(help="Train this many minutes (default 3).")] = None,
+    seed: Annotated[int | None, Opt(help="Seed of init, data order and noise.")] = None,
+    device: Annotated[str | None, Opt(help=DEVICE_HELP)] = None,
+    holdout: Annotated[
+        int | None, Opt(help="Last N images: never trained on (default 500).")
+    ] = None,
+    resume: Annotated[bool, Opt(help="Continue from RUN_DIR/checkpoints/latest.")] = False,
+    set_: Annotated[list[str] | None, Opt("--set", help="key=value override, repeatable.")] = None,
+    dry_run: Annotated[bool, Opt(help="Print the resolved config and exit.")] = False,
+    progress: Annotated[bool, Opt(help="Show the progress bar.")] = True,
+) -> None:
+    """Train the autoencoder a latent f-DM stage runs in; write model/, PSNR and reconstructions."""
+    from .train_autoencoder import command
+
+    flags = {
+        "data.source": data,
+        "model.resolution": resolution,
+        "model.factor": factor,
+        "model.latent_channels": latent_channels,
+        "model.bottleneck": bottleneck,
+        "model.attention": attention,
+        "model.base_channels": base_channels,
+        "train.batch_size": batch_size,
+        "optim.lr": lr,
+        "train.max_steps": max_steps,
+        "train.minutes": minutes,
+        "train.seed": seed,
+        "train.device": device,
+        "train.holdout": holdout,
+    }
+    result = command(flags, set_ or [], out, resume, dry_run, progress)
+    if result is not None and result.interrupted:
+        raise typer.Exit(130)
+
+
 # ---------------------------------------------------------------------------------------------
 # sample, super-resolve, deblur
 
