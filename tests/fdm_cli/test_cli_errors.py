@@ -251,3 +251,20 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(app, ["--debug", "train", "--set", "process.gamma", "--dry-run"])
     assert isinstance(result.exception, UserError)
+
+
+def test_a_plugin_conflict_is_one_line(cli, monkeypatch) -> None:
+    """Two plugins registering one name: every command needing the registry says so in one
+    line (exit 2), not with a traceback."""
+    from fdm_core import registry
+
+    def conflict(load_plugins=None):
+        raise registry.PluginError("transform 'haar' is registered twice: by 'a' and by 'b'")
+
+    monkeypatch.setattr(registry, "_default", None)
+    monkeypatch.setattr(registry, "load_registry", conflict)
+    result = cli("plugins")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "fdm: error: transform 'haar' is registered twice: by 'a' and by 'b'"
+    )

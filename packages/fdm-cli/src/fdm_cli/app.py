@@ -1,8 +1,11 @@
-"""The `fdm` command (``python -m fdm_cli``): train, sample, super-resolve, deblur, plugins, env.
+"""The `fdm` command (``python -m fdm_cli``): train, train-autoencoder, sample, super-resolve,
+deblur, plugins, env.
 
 Exact commands::
 
     fdm train                                  # fdm-ds on embedded Fashion-MNIST (CPU, < 10 min)
+    fdm train-autoencoder                      # 32 -> 4x8x8 autoencoder in runs/autoencoder
+    fdm train --preset fdm-vae                 # f-DM-VAE with that autoencoder (ldm: the baseline)
     fdm train --preset ddpm --max-steps 2000 --out runs/ddpm
     fdm train config.yaml --set process.interpolation=false --dry-run
     fdm sample runs/fdm-ds --num 64 --out grid.png --strip strip.png
@@ -56,8 +59,8 @@ def cli_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (UserError, ValidationError, OSError) as exc:
-            if _debug():
+        except (UserError, ValidationError, OSError, RuntimeError) as exc:
+            if _debug() or (isinstance(exc, RuntimeError) and not _is_plugin_error(exc)):
                 raise
             if isinstance(exc, ValidationError):
                 message = f"invalid value: {format_validation_error(exc)}"
@@ -73,6 +76,14 @@ def cli_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _is_plugin_error(exc: BaseException) -> bool:
+    """A plugin conflict from fdm-core's registry (two plugins registering one name): the user's
+    installation is at fault, so it is one line too. (Looked up without importing fdm_core,
+    which only a command that loaded the registry can have raised it from.)"""
+    registry = sys.modules.get("fdm_core.registry")
+    return registry is not None and isinstance(exc, registry.PluginError)
 
 
 @contextmanager
