@@ -19,6 +19,14 @@ CONSTRAINTS = ("-c", "constraints.txt")
 ROOT = Path(__file__).parent
 
 
+def _train_two_steps(session: nox.Session, run: Path, *flags: str) -> None:
+    """`fdm train` of a tiny UNet for two steps into `run` (a smoke test of an installation)."""
+    tiny = ["--set", "model.base_channels=8", "--set", "model.num_heads=2",
+            "--set", "sample.num=4", "--set", "sample.steps=6"]  # fmt: skip
+    session.run("fdm", "train", "--max-steps", "2", "--batch-size", "8", "--device", "cpu",
+                "--no-progress", "--out", str(run), *tiny, *flags)  # fmt: skip
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over packages, tests, bench and examples."""
@@ -53,22 +61,7 @@ def package(session: nox.Session) -> None:
     session.install("-c", constraints, *wheels)
     session.chdir(tmp)
     run = tmp / "run"
-    tiny = ["--set", "model.base_channels=8", "--set", "model.num_heads=2",
-            "--set", "sample.num=4", "--set", "sample.steps=6"]  # fmt: skip
-    session.run(
-        "fdm",
-        "train",
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--out",
-        str(run),
-        *tiny,
-    )
+    _train_two_steps(session, run)
     session.run("fdm", "sample", str(run), "--num", "4", "--steps", "6", "--out", "grid.png")
     session.run(
         "fdm", "sample", str(run / "model"), "--num", "4", "--steps", "6", "--out-dir", "one-by-one"
@@ -96,24 +89,7 @@ def plugin_example(session: nox.Session) -> None:
     tmp = Path(session.create_tmp()).resolve()
     run = tmp / "haar-run"
     haar = "process.transforms=[{name: haar, levels: 1}, {name: haar, levels: 2}]"
-    tiny = ["--set", "model.base_channels=8", "--set", "model.num_heads=2",
-            "--set", "sample.num=4", "--set", "sample.steps=6"]  # fmt: skip
-    session.run(
-        "fdm",
-        "train",
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--out",
-        str(run),
-        "--set",
-        haar,
-        *tiny,
-    )
+    _train_two_steps(session, run, "--set", haar)
     session.run(
         "fdm", "sample", str(run), "--num", "4", "--steps", "6", "--out", str(tmp / "g.png")
     )
