@@ -13,15 +13,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from fdm_models import AutoencoderConfig
 
 from .choices import Device
-from .config import BUDGET_FLAGS, DataConfig, apply_override, parse_override
+from .config import (
+    BUDGET_FLAGS,
+    AdamWConfig,
+    DataConfig,
+    Section,
+    apply_override,
+    parse_override,
+)
 from .data import probe_channels
 from .errors import UserError, format_validation_error
 
@@ -41,24 +48,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AutoencoderOptim(_Section):
-    """AdamW with linear warm-up, then constant or cosine decay, and gradient clipping."""
+class AutoencoderOptim(AdamWConfig):
+    """`fdm train`'s AdamW schedule with the autoencoder's defaults (no EMA)."""
 
     lr: float = Field(2e-3, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas")
     warmup_steps: int = Field(100, ge=0, description="linear learning-rate warm-up")
-    decay: Literal["constant", "cosine"] = Field(
-        "cosine", description="after warm-up: constant, or cosine to 10% over the step/time budget"
-    )
-    grad_clip: float = Field(1.0, ge=0, description="max global gradient norm (0: off)")
 
 
-class AutoencoderTrainOptions(_Section):
+class AutoencoderTrainOptions(Section):
     """Loop length, device, seeding, held-out images and what is written how often."""
 
     batch_size: int = Field(64, gt=0, description="images per step")
@@ -88,7 +85,7 @@ class AutoencoderTrainOptions(_Section):
         return self
 
 
-class AutoencoderTrainConfig(_Section):
+class AutoencoderTrainConfig(Section):
     """Everything `fdm train-autoencoder` needs (what --dry-run prints and RUN_DIR keeps)."""
 
     model: AutoencoderConfig

@@ -83,6 +83,22 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, config
 
 
+def refuse_changed_config(
+    latest: Path, ours: dict[str, Any], saved: dict[str, Any], sections: tuple[str, ...]
+) -> None:
+    """--resume: a UserError naming every key of `sections` in which the run's config `ours`
+    differs from the config saved with the checkpoint `latest`."""
+    for section in sections:
+        mine, theirs = ours.get(section, {}), saved.get(section, {})
+        if mine != theirs:
+            keys = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
+            raise UserError(
+                f"--resume: the {section} config differs from the checkpoint {latest} in "
+                f"{', '.join(f'{section}.{k}' for k in keys)}; resume with the run's own "
+                "settings (drop those flags) or train into another --out"
+            )
+
+
 # ---------------------------------------------------------------------------------------------
 # Optimizer and RNG states as checkpoint trees (string keys, tensors and JSON leaves only)
 

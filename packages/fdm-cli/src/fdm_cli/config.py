@@ -30,11 +30,13 @@ from .errors import UserError, format_validation_error
 from .presets import DEFAULT_PRESET, deep_merge, preset_dict
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys are refused."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the training images come from and how they are shaped (see `fdm_cli.data`)."""
 
     source: str = Field(
@@ -50,8 +52,8 @@ class DataConfig(_Section):
     hflip: bool = Field(True, description="random horizontal flips (seeded by position)")
 
 
-class OptimConfig(_Section):
-    """AdamW with linear warm-up, gradient clipping and an EMA of the weights."""
+class AdamWConfig(Section):
+    """AdamW with linear warm-up, then constant or cosine decay, and gradient clipping."""
 
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
@@ -61,13 +63,18 @@ class OptimConfig(_Section):
         "cosine", description="after warm-up: constant, or cosine to 10% over the step/time budget"
     )
     grad_clip: float = Field(1.0, ge=0, description="max global gradient norm (0: off)")
+
+
+class OptimConfig(AdamWConfig):
+    """AdamW (warm-up, decay, clipping) and an EMA of the weights."""
+
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the sampling weights")
     ema_warmup: bool = Field(
         True, description="use min(decay, (1 + n) / (10 + n)) so short runs get a useful EMA"
     )
 
 
-class TrainOptions(_Section):
+class TrainOptions(Section):
     """Loop length, devices, precision, seeding and what is written how often."""
 
     batch_size: int = Field(64, gt=0, description="global batch (split across DDP ranks)")
@@ -94,7 +101,7 @@ class TrainOptions(_Section):
         return self
 
 
-class SampleOptions(_Section):
+class SampleOptions(Section):
     """Images written during and after training (grid, stage strip)."""
 
     num: int = Field(64, gt=0, description="images in the sample grid")
@@ -108,7 +115,7 @@ class SampleOptions(_Section):
         return SamplerConfig(steps=self.steps, eta=self.eta)
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """The whole resolved configuration of a run (what `--dry-run` prints and RUN_DIR keeps)."""
 
     preset: str | None = Field(DEFAULT_PRESET, description="the preset this config started from")

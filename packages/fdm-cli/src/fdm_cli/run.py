@@ -188,15 +188,7 @@ def _load_state(
     """Load a checkpoint into the run (refusing a different process or model config); returns
     its step, stream position and elapsed training seconds."""
     state, saved = ckpt.load_checkpoint(latest)
-    for section in ("process", "model"):
-        ours, theirs = getattr(cfg, section).model_dump(mode="json"), saved.get(section, {})
-        if ours != theirs:
-            keys = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
-            raise UserError(
-                f"--resume: the {section} config differs from the checkpoint {latest} in "
-                f"{', '.join(f'{section}.{k}' for k in keys)}; resume with the run's own "
-                "settings (drop those flags) or train into another --out"
-            )
+    ckpt.refuse_changed_config(latest, cfg.to_dict(), saved, ("process", "model"))
     unet.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(ckpt.optimizer_from_tree(state["optimizer"]))

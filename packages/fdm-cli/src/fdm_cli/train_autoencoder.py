@@ -151,15 +151,7 @@ def _load_state(
 ) -> tuple[int, int, float]:
     """Load a checkpoint (refusing another model or data config): (step, position, elapsed)."""
     state, saved = ckpt.load_checkpoint(latest)
-    for section in ("model", "data"):
-        ours, theirs = getattr(cfg, section).model_dump(mode="json"), saved.get(section, {})
-        if ours != theirs:
-            keys = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
-            raise UserError(
-                f"--resume: the {section} config differs from the checkpoint {latest} in "
-                f"{', '.join(f'{section}.{k}' for k in keys)}; resume with the run's own "
-                "settings (drop those flags) or train into another --out"
-            )
+    ckpt.refuse_changed_config(latest, cfg.to_dict(), saved, ("model", "data"))
     if saved.get("train", {}).get("holdout") != cfg.train.holdout:
         raise UserError(
             f"--resume: --holdout {cfg.train.holdout} differs from the run's "
