@@ -128,3 +128,16 @@ def test_a_missing_autoencoder_says_how_to_make_one(tmp_path, monkeypatch):
     assert "fdm train-autoencoder" in result.output
     result = run_cli("train", "--preset", "fdm-ds", "--autoencoder", tmp_path, "--dry-run")
     assert result.exit_code == 2 and "has no autoencoder transform" in result.output
+
+
+def test_set_process_autoencoder_is_the_flag(tmp_path):
+    """`--set process.autoencoder=DIR` (as the presets' docs say) points every autoencoder
+    transform of the chain, or the latent of ldm, at DIR."""
+    from fdm_cli.config import resolve_train_config
+
+    ae = make_autoencoder(tmp_path / "ae", seed=0)
+    vae = resolve_train_config(None, "fdm-vae", overrides=[f"process.autoencoder={ae}"])
+    assert vae.process.transforms[0].as_dict()["path"] == str(ae)
+    ldm = resolve_train_config(None, "ldm", {"process.autoencoder": str(ae)})
+    assert ldm.process.latent.as_dict()["path"] == str(ae)
+    assert [list(s) for s in ldm.model.stage_shapes] == [[4, 8, 8]]
