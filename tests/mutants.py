@@ -110,6 +110,41 @@ MUTANTS = {
         "",
         (f"{BOUNDARIES}::test_interpolation_weight_is_clamped_to_its_stage",),
     ),
+    "renoise-as-rescale": Mutant(
+        "the renoise up-step carrying the noisy latent over (decode z) instead of decoding the "
+        "clean prediction and noising it afresh",
+        "fdm_core.process",
+        "FDMProcess.up_step",
+        "return alpha * transform.decode(clean_next) + sigma * xi",
+        "return self.boundary_scale(k) * transform.decode(z_next)",
+        (
+            f"{SAMPLER}::test_oracle_noisy_path_is_exact[renoise-0.0-noise]",
+            "tests/fdm_transforms/test_autoencoder_transform.py::"
+            "test_the_renoise_boundary_keeps_the_noisy_path_exact_with_a_real_autoencoder",
+        ),
+    ),
+    "latent-not-decoded": Mutant(
+        "latent diffusion returning the clean latent instead of decoding it to data space",
+        "fdm_core.sampler",
+        "sample",
+        "SampleOutput(process.to_data_space(clean, 0), z)",
+        "SampleOutput(clean, z)",
+        (
+            "tests/fdm_core/test_latent.py::"
+            "test_samples_are_decoded_and_the_latent_noisy_path_is_exact",
+        ),
+    ),
+    "contract-unchecked": Mutant(
+        "a process built without checking each transform's boundary contract",
+        "fdm_core.config",
+        "_transform",
+        "verify_contract(transform, shape, ",
+        "(lambda *args: None)(transform, shape, ",
+        (
+            "tests/fdm_core/test_contract.py::"
+            "test_a_transform_that_raises_on_a_batch_is_reported_with_the_shape",
+        ),
+    ),
 }
 
 
