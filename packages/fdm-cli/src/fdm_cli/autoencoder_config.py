@@ -16,15 +16,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from fdm_models import AutoencoderConfig
 
-from .choices import Device
 from .config import (
     BUDGET_FLAGS,
     AdamWConfig,
     DataConfig,
+    LoopOptions,
     Section,
     apply_override,
     parse_override,
@@ -55,17 +55,11 @@ class AutoencoderOptim(AdamWConfig):
     warmup_steps: int = Field(100, ge=0, description="linear learning-rate warm-up")
 
 
-class AutoencoderTrainOptions(Section):
-    """Loop length, device, seeding, held-out images and what is written how often."""
+class AutoencoderTrainOptions(LoopOptions):
+    """The shared loop options plus held-out images, the latent-scale fit and evaluation."""
 
     batch_size: int = Field(64, gt=0, description="images per step")
-    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
-    minutes: float | None = Field(
-        None, gt=0, description="stop after this much training wall time (summed over resumes)"
-    )
-    device: Device = Field("auto", description="auto (cuda if available), cpu, cuda or cuda:N")
     seed: int = Field(0, ge=0, description="seeds init, data order and the posterior noise")
-    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
     holdout: int = Field(
         500, ge=0, description="the last N images of the dataset: never trained on, evaluated"
     )
@@ -74,15 +68,7 @@ class AutoencoderTrainOptions(Section):
     )
     show: int = Field(32, gt=0, description="held-out images in the reconstruction grid")
     eval_batch_size: int = Field(256, gt=0, description="images per batch when evaluating")
-    log_every: int = Field(10, gt=0, description="progress/CSV flush interval in steps")
     checkpoint_every: int = Field(500, gt=0, description="checkpoint every N steps")
-    keep_checkpoints: int = Field(2, gt=0, description="keep the last K checkpoints")
-
-    @model_validator(mode="after")
-    def _budget(self) -> AutoencoderTrainOptions:
-        if self.max_steps is None and self.minutes is None:
-            raise ValueError("set train.max_steps or train.minutes (or both: whichever ends first)")
-        return self
 
 
 class AutoencoderTrainConfig(Section):

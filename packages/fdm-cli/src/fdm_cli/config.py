@@ -74,8 +74,9 @@ class OptimConfig(AdamWConfig):
     )
 
 
-class TrainOptions(Section):
-    """Loop length, devices, precision, seeding and what is written how often."""
+class LoopOptions(Section):
+    """A training loop's length, device, seeding and checkpoints (shared by `fdm train` and
+    `fdm train-autoencoder`)."""
 
     batch_size: int = Field(64, gt=0, description="global batch (split across DDP ranks)")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
@@ -83,22 +84,27 @@ class TrainOptions(Section):
         None, gt=0, description="stop after this much training wall time (summed over resumes)"
     )
     device: Device = Field("auto", description="auto (cuda if available), cpu, cuda or cuda:N")
-    precision: Precision = Field("fp32", description="bf16 autocast or fp32")
     seed: int = Field(0, ge=0, description="seeds init, data order and every noise draw")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
     log_every: int = Field(10, gt=0, description="progress/CSV flush interval in steps")
     checkpoint_every: int = Field(500, gt=0, description="checkpoint + sample images every N steps")
     keep_checkpoints: int = Field(2, gt=0, description="keep the last K checkpoints")
+
+    @model_validator(mode="after")
+    def _budget(self) -> LoopOptions:
+        if self.max_steps is None and self.minutes is None:
+            raise ValueError("set train.max_steps or train.minutes (or both: whichever ends first)")
+        return self
+
+
+class TrainOptions(LoopOptions):
+    """`fdm train`'s loop: precision and the DDP settings besides the shared options."""
+
+    precision: Precision = Field("fp32", description="bf16 autocast or fp32")
     dist_timeout_s: float = Field(1800.0, gt=0, description="DDP collective timeout in seconds")
     find_unused_parameters: Literal["auto", True, False] = Field(
         "auto", description="DDP flag; auto: on when a rank's batch cannot hold every stage"
     )
-
-    @model_validator(mode="after")
-    def _budget(self) -> TrainOptions:
-        if self.max_steps is None and self.minutes is None:
-            raise ValueError("set train.max_steps or train.minutes (or both: whichever ends first)")
-        return self
 
 
 class SampleOptions(Section):
