@@ -264,6 +264,30 @@ def sample(
         console.print(f"wrote stage strip to {strip}")
 
 
+@app.command("eval")
+@cli_errors
+def eval_(
+    model: Annotated[Path | None, typer.Argument(help="RUN_DIR, MODEL_DIR or checkpoint.")] = None,
+    num: Annotated[int | None, Opt(help="Images per set (MODEL: required; --real: 2000).")] = None,
+    steps: Annotated[int, Opt(help="Sampler steps (split across stages).")] = 100,
+    eta: EtaOpt = 0.0,
+    seed: Annotated[int, Opt(help="Sample i uses noise seed seed + i.")] = 0,
+    batch_size: Annotated[int, Opt(help="Images per sampler / network call.")] = 64,
+    ref: Annotated[str, Opt(help="fashion-mnist, IDX files or an image folder.")] = "fashion-mnist",
+    ref_split: Annotated[str, Opt(help="test or train: split of --ref and --real.")] = "test",
+    real: Annotated[list[str] | None, Opt(help="Two real sets instead of MODEL.")] = None,
+    out: Annotated[Path, Opt(help="Metrics JSON file.")] = Path("metrics.json"),
+    ema: EmaOpt = True,
+    device: DeviceOpt = "auto",
+    progress: Annotated[bool, Opt(help="Show progress bars.")] = True,
+) -> None:
+    """FID and KID of a model's samples against real images, or of two real sets (--real)."""
+    options = dict(locals())  # the options above, by name
+    from .evaluate import command
+
+    command(**options)
+
+
 def _restore(
     task: str,
     *,

@@ -1,0 +1,313 @@
+"""`fdm eval`: FID and KID of a model's samples against real images, or of two real image sets.
+
+Exact commands::
+
+    fdm eval runs/fdm-ds --num 2000 --steps 100 --out metrics.json     # vs embedded t10k
+    fdm eval runs/mine --num 5000 --ref /usr/share/datasets/fashion-mnist --ref-split train
+    fdm eval --real fashion-mnist --real fashion-mnist --num 2000      # the FID floor at N
+
+A model is sampled like ``fdm sample`` (sample i uses noise seed ``seed + i``, so the images do
+not depend on the batch size); its samples and the first N reference images go through the same
+preprocessing (`fdm_cli.fid`). The reference images are loaded the way the model's training data
+was (resolution, channels, fit); if that data was zero-padded (28 -> 32) both sets are
+centre-cropped back to the original size before scoring. The crop is read from the model's
+training data source (the run's ``config.yaml``, a checkpoint's config or a MODEL_DIR's
+``config.json``); when that source is not available here, from the reference's geometry.
+
+``--real A --real B``: two real sets, no model, each brought to 32 x 32 like training data and
+both cropped to the smaller padded size of the two. When A and B hold the same images (the same
+source twice, or the embedded Fashion-MNIST and the same t10k file), A is images 0..N-1 and B
+images N..2N-1, so the sets are disjoint; otherwise both are images 0..N-1 of their source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from rich.console import Console
+
+from fdm_core import SamplerConfig, atomic_write
+
+from . import checkpointing as ckpt
+from . import fid
+from .data import EMBEDDED, Fit, _locate, load_dataset
+from .errors import UserError
+
+DEFAULT_REAL_NUM = 2000
+REAL_RESOLUTION = 32
+
+
+def training_data(model_path: Path) -> tuple[str | None, Fit]:
+    """(data source, fit) the model at `model_path` was trained on; source None if unknown."""
+    config: dict[str, Any] = {}
+    try:
+        if model_path.is_dir() and (model_path / "config.json").is_file():  # MODEL_DIR
+            fdm = json.loads((model_path / "config.json").read_text()).get("fdm", {})
+            return fdm.get("data"), "auto"
+        run_dir = model_path
+        if model_path.is_file():
+            parent = model_path.parent
+            run_dir = parent.parent if parent.name == ckpt.CHECKPOINTS else parent
+        if (run_dir / ckpt.CONFIG_FILE).is_file():
+            config = yaml.safe_load((run_dir / ckpt.CONFIG_FILE).read_text()) or {}
+        elif model_path.is_file():
+            from safetensors import safe_open
+
+            from fdm_core.checkpoint import CONFIG_KEY
+
+            with safe_open(str(model_path), framework="pt") as handle:
+                config = json.loads((handle.metadata() or {}).get(CONFIG_KEY, "{}"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None, "auto"
+    data = config.get("data") or {}
+    return data.get("source", EMBEDDED if config else None), data.get("fit", "auto")
+
+
+def _model_crop(
+    source: str | None, ref: str, ref_split: str, resolution: int, fit: Fit
+) -> int | None:
+    """The crop of the model's training data (see the module docstring), else the reference's."""
+    candidates = [] if source is None else [lambda: str(_locate(source)[0])]
+    candidates.append(lambda: fid.resolve_source(ref, ref_split))
+    for resolve in candidates:
+        try:
+            return fid.padded_crop(resolve(), resolution, fit)
+        except UserError:
+            continue
+    return None
+
+
+def _sample(
+    loaded: Any, num: int, seed: int, config: SamplerConfig, batch: int, dev: Any, progress: bool
+) -> torch.Tensor:
+    from .sample import generate
+
+    chunks = []
+    with fid.progress_bar("sampling", num, progress) as advance:
+        for first in range(0, num, batch):
+            last = min(num, first + batch)
+            chunks.append(generate(loaded, range(first, last), seed, config, None, batch, dev).x)
+            advance(last - first)
+    return torch.cat(chunks)
+
+
+def evaluate_model(
+    model_path: str | Path,
+    num: int,
+    steps: int = 100,
+    eta: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    ref: str = "fashion-mnist",
+    ref_split: str = "test",
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    *,
+    ema: bool = True,
+    network: torch.nn.Module | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Sample `num` images from the model and score them against the first `num` images of
+    `ref` (`ref_split`); returns the metrics.json content."""
+    from .sample import load_model
+
+    _check_positive(num=num, steps=steps, batch_size=batch_size)
+    config = SamplerConfig(steps=steps, eta=eta)
+    network = fid.load_fid_network() if network is None else network  # fail before sampling
+    model_path = Path(model_path)
+    loaded = load_model(model_path, ema=ema, device=device)
+    resolution, channels = loaded.process.config.resolution, loaded.process.config.channels
+    source, fit = training_data(model_path)
+    crop = _model_crop(source, ref, ref_split, resolution, fit)
+    network.to(device)
+    ref_stats = fid.reference_stats(
+        ref,
+        num,
+        resolution,
+        ref_split,
+        network,
+        cache_dir,
+        crop,
+        channels=channels,
+        fit=fit,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        x = _sample(loaded, num, seed, config, batch_size, device, progress)
+    sample_s = time.perf_counter() - t0
+    feats = fid.fid_features(x, network, batch_size, crop, progress)
+    stats = fid.FeatureStats.from_features(feats)
+    kid, kid_std = fid.kernel_inception_distance(stats.features, ref_stats.features)
+    return {
+        "fid": fid.frechet_distance(stats, ref_stats),
+        "kid": kid,
+        "kid_std": kid_std,
+        "num": num,
+        "steps": steps,
+        "eta": eta,
+        "seed": seed,
+        "ref": ref,
+        "ref_split": ref_split,
+        "model": str(model_path),
+        "model_description": loaded.description,
+        "sample_s": sample_s,
+        "sample_s_per_image": sample_s / num,
+        "crop": crop,
+        "resolution": resolution,
+        "network_sha256": fid.network_digest(network),
+    }
+
+
+def evaluate_real(
+    a: str,
+    b: str,
+    num: int = DEFAULT_REAL_NUM,
+    split: str = "test",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    *,
+    network: torch.nn.Module | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """FID and KID between `num` images of two real sources (disjoint when they hold the same
+    images, see the module docstring): the floor a model's score at that `num` can reach."""
+    _check_positive(num=num, batch_size=batch_size)
+    network = fid.load_fid_network() if network is None else network
+    network.to(device)
+    res = REAL_RESOLUTION
+    resolved = [fid.resolve_source(s, split) for s in (a, b)]
+    crop = min((c for c in (fid.padded_crop(r, res) for r in resolved) if c), default=None)
+    full = [load_dataset(r, res).images for r in resolved]
+    same = resolved[0] == resolved[1] or (
+        full[0].shape == full[1].shape and torch.equal(full[0], full[1])
+    )
+    offsets = (0, num) if same else (0, 0)
+    channels = max(x.shape[1] for x in full)
+    for source, images, offset in zip((a, b), full, offsets, strict=True):
+        if offset + num > len(images):  # before any features are computed
+            raise UserError(
+                f"{source} ({split}) holds {len(images)} images; images {offset}.."
+                f"{offset + num - 1} were asked for (lower --num)"
+            )
+    del full
+    stats = [
+        fid.reference_stats(
+            s,
+            num,
+            res,
+            split,
+            network,
+            cache_dir,
+            crop,
+            channels=channels,
+            offset=o,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        for s, o in zip((a, b), offsets, strict=True)
+    ]
+    kid, kid_std = fid.kernel_inception_distance(stats[0].features, stats[1].features)
+    return {
+        "fid": fid.frechet_distance(*stats),
+        "kid": kid,
+        "kid_std": kid_std,
+        "num": num,
+        "real": [a, b],
+        "ranges": [[o, o + num] for o in offsets],
+        "ref_split": split,
+        "crop": crop,
+        "resolution": res,
+        "network_sha256": fid.network_digest(network),
+    }
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} {value}: must be positive")
+
+
+def write_metrics(metrics: dict[str, Any], out: Path) -> None:
+    """metrics.json, written atomically."""
+    with atomic_write(out, "w") as handle:
+        json.dump(metrics, handle, indent=2)
+        handle.write("\n")
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """One line: FID, KID +- std, N and what was compared."""
+    what = (
+        f"{metrics['real'][0]} {metrics['ranges'][0]} vs {metrics['real'][1]} "
+        f"{metrics['ranges'][1]}"
+        if "real" in metrics
+        else f"{metrics['model_description']} ({metrics['steps']} steps, eta {metrics['eta']:g}, "
+        f"{metrics['sample_s_per_image']:.3f} s/image) vs {metrics['ref']} {metrics['ref_split']}"
+    )
+    return (
+        f"FID {metrics['fid']:.3f}  KID {metrics['kid']:.5f} ± {metrics['kid_std']:.5f}  "
+        f"N={metrics['num']}: {what}"
+    )
+
+
+def command(
+    model: Path | None,
+    num: int | None,
+    steps: int,
+    eta: float,
+    seed: int,
+    batch_size: int,
+    ref: str,
+    ref_split: str,
+    real: list[str] | None,
+    out: Path,
+    ema: bool,
+    device: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """`fdm eval`: check the flags, evaluate, print one line, write `out`."""
+    from .distributed import resolve_device
+
+    if real:
+        if model is not None or len(real) != 2:
+            raise UserError("--real takes exactly two image sets (--real A --real B) and no MODEL")
+        metrics = evaluate_real(
+            real[0],
+            real[1],
+            num or DEFAULT_REAL_NUM,
+            ref_split,
+            batch_size,
+            resolve_device(device),
+            progress,
+        )
+    else:
+        if model is None:
+            raise UserError("give a MODEL (RUN_DIR, MODEL_DIR or checkpoint) or --real A --real B")
+        if num is None:
+            raise UserError("--num is required: the number of samples to score (FID depends on it)")
+        if not 0.0 <= eta <= 1.0 or math.isnan(eta):
+            raise UserError(f"--eta {eta}: must be in [0, 1]")
+        metrics = evaluate_model(
+            model,
+            num,
+            steps,
+            eta,
+            seed,
+            batch_size,
+            ref,
+            ref_split,
+            resolve_device(device),
+            progress,
+            ema=ema,
+        )
+    write_metrics(metrics, out)
+    Console(highlight=False, soft_wrap=True).print(f"{summary(metrics)}; wrote {out}", markup=False)
+    return metrics
