@@ -274,8 +274,8 @@ def main() -> None:
     if str(args.data) != EMBEDDED and not Path(args.data).exists():
         parser.error(
             f"--data {args.data} does not exist: give the Fashion-MNIST IDX folder (train split "
-            "preferred; Debian's dataset-fashion-mnist installs it at "
-            "/usr/share/datasets/fashion-mnist), or --data fashion-mnist for the embedded "
+            "preferred; Debian's dataset-fashion-mnist package installs one), or --data "
+            "fashion-mnist for the embedded "
             "10,000-image test split (then FID is measured against the training images)"
         )
     models = args.models or default_models(args.autoencoder)

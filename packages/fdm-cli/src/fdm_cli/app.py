@@ -9,6 +9,7 @@ Exact commands::
     fdm train --preset ddpm --max-steps 2000 --out runs/ddpm
     fdm train config.yaml --set process.interpolation=false --dry-run
     fdm sample runs/fdm-ds --num 64 --out grid.png --strip strip.png
+    fdm eval runs/fdm-ds --num 2000 --out metrics.json    # FID/KID against the test split
     fdm super-resolve runs/fdm-ds low.png --out sr/
     fdm deblur runs/fdm-blur-g blurred.png --out sharp/
     fdm plugins --json
