@@ -39,7 +39,6 @@ import os
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +58,10 @@ from fdm_core import CheckpointError, load_tensors, save_tensors
 
 from .data import EMBEDDED, Fit, fit_mode, list_images, load_dataset, open_image
 from .errors import UserError
+from .metrics import FeatureStats
+from .metrics import frechet_distance as frechet_distance  # re-exported for the bench scripts
+from .metrics import kernel_inception_distance as kernel_inception_distance
+from .metrics import trace_sqrt_product as trace_sqrt_product
 
 NETWORK_ENV = "FDM_FID_NETWORK"
 CACHE_ENV = "FDM_CACHE_DIR"
@@ -71,7 +74,6 @@ INSTALL_HINT = (
 INPUT_SIZE = 299
 PREPROCESSING = "fdm-fid-v1: uint8, centre crop, gray->rgb, bilinear 299, x/128-1"
 SPLITS = ("test", "train")
-KID_GRAM_MAX = 4096  # up to this many features per set, KID reuses the whole Gram matrices
 _SPLIT_PREFIXES = {"test": ("t10k", "test"), "train": ("train",)}
 
 _digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network -> sha256 of file
@@ -226,89 +228,6 @@ def fid_features(
     if not out:
         raise UserError("no images to compute features of")
     return np.concatenate(out)
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics and metrics
-
-
-@dataclass
-class FeatureStats:
-    """Mean and covariance (float64) of a feature set, and the features (for KID)."""
-
-    mu: np.ndarray
-    sigma: np.ndarray
-    features: np.ndarray | None
-    n: int
-
-    @classmethod
-    def from_features(cls, features: np.ndarray) -> FeatureStats:
-        features = np.asarray(features)
-        if features.ndim != 2 or features.shape[0] < 2:
-            raise UserError(f"need at least 2 feature vectors (N, D), got {features.shape}")
-        f64 = features.astype(np.float64)
-        return cls(f64.mean(axis=0), np.cov(f64, rowvar=False), features, features.shape[0])
-
-
-def _psd_sqrt(s: np.ndarray) -> np.ndarray:
-    """Square root of a symmetric positive semi-definite matrix (tiny negative eigenvalues,
-    rounding noise, are clipped to 0)."""
-    w, v = np.linalg.eigh((s + s.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-
-def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
-    """Tr sqrt(S1 S2) = sum of sqrt(eigenvalues of sqrt(S1) S2 sqrt(S1)) (E36)."""
-    r = _psd_sqrt(np.asarray(s1, dtype=np.float64))
-    m = r @ np.asarray(s2, dtype=np.float64) @ r
-    w = np.linalg.eigvalsh((m + m.T) / 2)
-    return float(np.sqrt(np.clip(w, 0.0, None)).sum())
-
-
-def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
-    """FID (E35): |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 sqrt(S_a S_b)), at least 0."""
-    if a.mu.shape != b.mu.shape or a.sigma.shape != b.sigma.shape:
-        raise UserError(f"feature sizes differ: {a.mu.shape} vs {b.mu.shape}")
-    diff = a.mu.astype(np.float64) - b.mu.astype(np.float64)
-    value = (
-        float(diff @ diff)
-        + float(np.trace(a.sigma))
-        + float(np.trace(b.sigma))
-        - 2.0 * trace_sqrt_product(a.sigma, b.sigma)
-    )
-    return max(0.0, value)
-
-
-def kernel_inception_distance(
-    fa: np.ndarray, fb: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """KID (E37): (mean, sample std over subsets) of the unbiased MMD^2 with the kernel
-    ``(x.y / d + 1)^3`` on `subsets` pairs of random subsets (without replacement, seeded) of
-    size ``min(subset_size, len(fa), len(fb))``. The std is 0 for a single subset."""
-    fa, fb = np.asarray(fa, dtype=np.float64), np.asarray(fb, dtype=np.float64)
-    if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1]:
-        raise UserError(f"feature sets must be (N, D) with equal D: {fa.shape}, {fb.shape}")
-    m = min(subset_size, len(fa), len(fb))
-    if m < 2 or subsets < 1:
-        raise UserError(f"KID needs subsets of at least 2 features and >= 1 subset (got {m})")
-    d = fa.shape[1]
-    rng = np.random.default_rng(seed)
-    full = max(len(fa), len(fb)) <= KID_GRAM_MAX  # the Gram matrices fit: compute them once
-    if full:
-        kaa, kbb, kab = ((x @ y.T / d + 1.0) ** 3 for x, y in ((fa, fa), (fb, fb), (fa, fb)))
-    values = np.empty(subsets)
-    for i in range(subsets):
-        ia = rng.choice(len(fa), m, replace=False)
-        ib = rng.choice(len(fb), m, replace=False)
-        if full:
-            xx, yy, xy = kaa[np.ix_(ia, ia)], kbb[np.ix_(ib, ib)], kab[np.ix_(ia, ib)]
-        else:
-            x, y = fa[ia], fb[ib]
-            xx, yy, xy = ((p @ q.T / d + 1.0) ** 3 for p, q in ((x, x), (y, y), (x, y)))
-        off = xx.sum() - np.trace(xx) + yy.sum() - np.trace(yy)
-        values[i] = off / (m * (m - 1)) - 2.0 * xy.sum() / (m * m)
-    std = float(values.std(ddof=1)) if subsets > 1 else 0.0
-    return float(values.mean()), std
 
 
 # ---------------------------------------------------------------------------------------------
