@@ -26,8 +26,7 @@ from .config import (
     DataConfig,
     LoopOptions,
     Section,
-    apply_override,
-    parse_override,
+    apply_flags,
 )
 from .data import probe_channels
 from .errors import UserError, format_validation_error
@@ -98,13 +97,7 @@ def resolve_autoencoder_config(
     if all(key in given for key in BUDGET_FLAGS):
         raise UserError("--max-steps and --minutes are alternatives; give one")
     raw = json.loads(json.dumps(saved if saved is not None else DEFAULTS))
-    for key, value in given.items():
-        apply_override(raw, key.split("."), value)
-        if key in BUDGET_FLAGS:
-            other = BUDGET_FLAGS[1 - BUDGET_FLAGS.index(key)]
-            apply_override(raw, other.split("."), None)
-    for item in overrides:
-        apply_override(raw, *parse_override(item))
+    apply_flags(raw, given, overrides)
     try:
         data = DataConfig.model_validate(raw.get("data", {}))
     except ValidationError as exc:

@@ -173,13 +173,7 @@ def resolve_train_config(
             "may set both train.max_steps and train.minutes)"
         )
     raw = build_layers(config_file, preset, saved)
-    for key, value in given.items():
-        apply_override(raw, key.split("."), value)
-        if key in BUDGET_FLAGS:
-            other = BUDGET_FLAGS[1 - BUDGET_FLAGS.index(key)]
-            apply_override(raw, other.split("."), None)
-    for item in overrides:
-        apply_override(raw, *parse_override(item))
+    apply_flags(raw, given, overrides)
     autoencoder = raw.get("process", {}).pop("autoencoder", None)
     if autoencoder is not None:
         set_autoencoder(raw, str(autoencoder))
@@ -189,6 +183,18 @@ def resolve_train_config(
         raise UserError(f"invalid config: {format_validation_error(exc, 'data')}") from None
     channels = probe_channels(data.source, None if data.channels == "auto" else data.channels)
     return finalize(raw, channels, base_dir)
+
+
+def apply_flags(raw: dict[str, Any], given: Mapping[str, Any], overrides: Sequence[str]) -> None:
+    """Lay the given flags (dotted keys; a step or time budget replaces the other budget) and
+    then the ``--set key=value`` `overrides` over `raw`."""
+    for key, value in given.items():
+        apply_override(raw, key.split("."), value)
+        if key in BUDGET_FLAGS:
+            other = BUDGET_FLAGS[1 - BUDGET_FLAGS.index(key)]
+            apply_override(raw, other.split("."), None)
+    for item in overrides:
+        apply_override(raw, *parse_override(item))
 
 
 def set_autoencoder(raw: dict[str, Any], folder: str) -> None:
