@@ -205,8 +205,8 @@ def bar_plot(results: list[dict[str, Any]], path: Path, num: int) -> str:
     return f"FID bar plot: {path}"
 
 
-def run_model(name: str, args: argparse.Namespace, json_path: Path) -> dict[str, Any]:
-    """Train, evaluate and record one model (skipping what earlier runs already did)."""
+def train_phase(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or continue) one model unless an earlier run did; returns train.json's record."""
     run_dir = args.out / name
     result_file, train_file = run_dir / "result.json", run_dir / "train.json"
     if args.force and run_dir.exists():
@@ -215,13 +215,22 @@ def run_model(name: str, args: argparse.Namespace, json_path: Path) -> dict[str,
         print(f"{name}: done before ({result_file}); skipped (--force redoes it)", flush=True)
         return json.loads(result_file.read_text())
     if train_file.is_file():
-        print(f"{name}: trained before; evaluating only", flush=True)
-        trained = json.loads(train_file.read_text())
-    else:
-        print(f"{name}: training for {args.minutes:g} min into {run_dir}", flush=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        trained = train_model(name, args, run_dir)
-        write_json(train_file, trained)
+        print(f"{name}: trained before ({train_file})", flush=True)
+        return json.loads(train_file.read_text())
+    print(f"{name}: training for {args.minutes:g} min into {run_dir}", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trained = train_model(name, args, run_dir)
+    write_json(train_file, trained)
+    return trained
+
+
+def eval_phase(trained: dict[str, Any], args: argparse.Namespace, json_path: Path) -> dict:
+    """Evaluate one trained model (unless result.json holds it already) and record it."""
+    name = trained["model"]
+    run_dir = args.out / name
+    result_file = run_dir / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
     images = copy_images(run_dir, name, json_path)
     record = {**trained, "images": images, "fid": None, "kid": None, "kid_std": None}
     print(f"{name}: FID@{args.num} with {args.steps} DDIM steps", flush=True)
@@ -288,12 +297,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     info = machine_info(args.threads)
-    results = []
+    # Every model is trained before any is evaluated: the training clocks, which the
+    # comparison rests on, then all run back to back on the same (quiet) machine.
+    trained = []
     for name in models:
         try:
-            results.append(run_model(name, args, json_path))
+            trained.append(train_phase(name, args))
         except UserError as exc:
             sys.exit(f"{name}: {exc}")
+    results = []
+    for record in trained:
+        results.append(eval_phase(record, args, json_path))
         payload = {"machine": info, "args": vars(args), "results": results}
         write_json(json_path, payload)  # after every model, so a partial run keeps its results
     note = bar_plot(results, json_path.with_name(f"{json_path.stem}-fid.png"), args.num)
