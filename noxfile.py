@@ -40,7 +40,7 @@ def lint(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Install the four packages (editable, fdm-transforms with its diffusers extra so the
     diffusers-autoencoder tests run) and run pytest."""
-    session.install(*CONSTRAINTS, "torch", "triton", "pytest", "pytest-timeout")
+    session.install(*CONSTRAINTS, "torch", "triton", "pytest", "pytest-timeout", "hypothesis")
     editable = [f"packages/{p}" for p in PACKAGES]
     editable[PACKAGES.index("fdm-transforms")] += "[diffusers]"
     session.install(*CONSTRAINTS, *[a for p in editable for a in ("-e", p)])
@@ -104,13 +104,13 @@ def plugin_example(session: nox.Session) -> None:
     session.log(f"fdm plugins --json lists {rows[0]}")
 
 
-BENCH_SCRIPTS = ["bench_sampling", "bench_training", "bench_quality", "bench_peer"]
+BENCH_SCRIPTS = ["bench_sampling", "bench_training", "bench_quality", "bench_steps", "bench_peer"]
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The --quick modes of bench/bench_{sampling,training,quality,peer}.py (a check that they
-    run, under 10 minutes on 2 cores; not a default session: ``nox -s bench``). Results go to
+    """The --quick modes of bench/bench_{sampling,training,quality,steps,peer}.py (a check that
+    they run, under 10 minutes on 2 cores; not a default session: ``nox -s bench``). Results go to
     bench/results/*-quick.json; the full measurements are the scripts without --quick."""
     session.install(*CONSTRAINTS, "torch", "triton")
     editable = [f"packages/{p}" for p in PACKAGES]

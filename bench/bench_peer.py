@@ -68,20 +68,20 @@ import torch
 import torch.nn.functional as F
 from common import (
     RESULTS_DIR,
-    ROOT,
-    default_json,
+    TRAIN_DATA,
+    check_train_data,
     format_machine,
     machine_info,
     markdown_table,
     param_count,
+    results_path,
     write_json,
 )
 
 from fdm_cli import fid
-from fdm_cli.data import EMBEDDED, DataOrder, load_dataset
+from fdm_cli.data import DataOrder, load_dataset
 from fdm_cli.images import make_grid, save_png
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion-mnist"
 REF, REF_SPLIT, RESOLUTION = "fashion-mnist", "test", 32
 QUICK = {
     "minutes": 0.1,
@@ -353,7 +353,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget per recipe")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="training data")
+    parser.add_argument("--data", type=Path, default=TRAIN_DATA, help="training data")
     parser.add_argument("--num", type=int, default=2000, help="samples for FID/KID")
     parser.add_argument("--steps", type=int, default=100, help="DDIM sampling steps")
     parser.add_argument("--batch", type=int, default=64, help="training batch")
@@ -373,13 +373,9 @@ def main() -> None:
     if "--quick" in sys.argv[1:]:  # new defaults; flags given still win
         parser.set_defaults(**QUICK)
     args = parser.parse_args()
-    if str(args.data) != EMBEDDED and not Path(args.data).exists():
-        parser.error(
-            f"--data {args.data} does not exist: give the Fashion-MNIST IDX folder (train split "
-            "preferred), or --data fashion-mnist for the embedded 10,000-image test split"
-        )
+    check_train_data(parser, args.data)
     args.out = args.out or RESULTS_DIR / ("peer-quick" if args.quick else "peer")
-    json_path = args.json or default_json("bench_peer", args.quick)
+    json_path = results_path(args, "bench_peer")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
 

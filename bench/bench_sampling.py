@@ -35,21 +35,21 @@ from typing import Any
 
 import torch
 from common import (
+    BASE_PRESETS,
+    LATENT_PRESETS,
+    choose_presets,
     count_flops,
-    default_json,
     format_machine,
     machine_info,
     markdown_table,
     param_count,
-    write_json,
+    save_results,
 )
+from plots import bar_chart
 
 from fdm_cli.config import resolve_train_config
 from fdm_core import FDMProcess, SamplerConfig, StageNoise, sample
 from fdm_models import MultiStageUNet
-
-BASE_PRESETS = ["ddpm", "fdm-ds", "fdm-blur-g"]
-LATENT_PRESETS = ["fdm-vae", "ldm"]
 
 
 class Counting(torch.nn.Module):
@@ -108,12 +108,7 @@ def main() -> None:
         parser.set_defaults(batch=4, steps=10, repeats=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    presets = args.presets or BASE_PRESETS + (LATENT_PRESETS if args.autoencoder else [])
-    if "ddpm" not in presets:
-        presets = ["ddpm", *presets]
-    missing = [p for p in presets if p in LATENT_PRESETS and not args.autoencoder]
-    if missing:
-        parser.error(f"{', '.join(missing)} need --autoencoder DIR")
+    presets = choose_presets(parser, args.presets, args.autoencoder)
 
     sampler = SamplerConfig(steps=args.steps, eta=0.0)
     models = {name: build(name, args.autoencoder) for name in presets}
@@ -175,9 +170,19 @@ def main() -> None:
     headers = ["preset", "stages", "steps per stage (k = 0..K)", "s/img", "GFLOP/img",
                "speed-up vs ddpm", "FLOP speed-up", "measured / FLOP"]  # fmt: skip
     print(markdown_table(headers, rows))
-    path = args.json or default_json("bench_sampling", args.quick)
-    write_json(path, {"machine": info, "args": vars(args), "results": results})
-    print(f"\nwrote {path}")
+    path = save_results(
+        args, "bench_sampling", {"machine": info, "args": vars(args), "results": results}
+    )
+    plot = bar_chart(
+        [r["preset"] for r in results],
+        [r["speedup_vs_ddpm"] for r in results],
+        path.with_name(f"{path.stem}-speedup.png"),
+        f"Sampling speed-up per image over ddpm, {args.steps} DDIM steps (measured)",
+        "x ddpm (higher is faster)",
+        highlight={"fdm-ds"},
+        reference=(1.0, "ddpm"),
+    )
+    print(f"wrote {plot}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Run from the repository root:
                                                        # 3 warm-up steps, 5 windows of 10 steps
     python bench/bench_training.py --autoencoder runs/autoencoder   # + fdm-vae and ldm
     python bench/bench_training.py --no-threading      # the preset table only
+    python bench/bench_training.py --threading-only    # the threading table only (~10 min)
     python bench/bench_training.py --quick             # batch 16, 2-step windows, 2 s threading
 
 Preset table: every preset gets the presets' default UNet and optimizer (AdamW, the config's lr
@@ -20,10 +21,13 @@ This part runs in this process with ``--threads`` torch threads (default 1).
 Threading section: the fdm-ds step (batch as above) in a fresh subprocess per configuration,
 since OMP_WAIT_POLICY must be set before torch is imported: (a) torch's default thread count,
 (b) the default count with OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning at
-barriers), (c) 1 thread. Each is measured alone and with one competing busy process: a second
-subprocess running the same fdm-ds training loop with 1 thread (so it holds one core), started
-first and busy before the measured window begins. Steps/s over a ``--threading-seconds`` window
-after warm-up; the competitor's own rate over the same period is shown too.
+barriers), (c) 1 thread, (d) what ``fdm train`` does by default: no count pinned, so
+`fdm_cli.threads.ThreadTuner` starts with every core and adapts the count while it runs. Each is
+measured alone and with one competing busy process: a second subprocess running the same fdm-ds
+training loop with 1 thread (so it holds one core), started first and busy before the measured
+window begins. Steps/s over a ``--threading-seconds`` window (default 60 s, long enough for (d)'s
+first probes to be amortised as in a real run, short enough that (d) still pays them) after
+warm-up; the competitor's own rate over the same period is shown too.
 
 Results are printed as Markdown tables and written to ``bench/results/bench_training.json``
 (``--json PATH``; ``bench_training-quick.json`` for --quick).
@@ -45,21 +49,22 @@ from typing import Any
 
 import torch
 from common import (
-    default_json,
+    BASE_PRESETS,
+    LATENT_PRESETS,
+    choose_presets,
     format_machine,
     machine_info,
     markdown_table,
     param_count,
-    write_json,
+    save_results,
 )
 
 from fdm_cli.config import resolve_train_config
 from fdm_cli.data import DataOrder, ImageDataset, load_dataset
+from fdm_cli.threads import available_cores, configure_threads
 from fdm_core import FDMProcess, diffusion_loss
 from fdm_models import EMA, MultiStageUNet
 
-BASE_PRESETS = ["ddpm", "fdm-ds", "fdm-blur-g"]
-LATENT_PRESETS = ["fdm-vae", "ldm"]
 THREAD_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -147,8 +152,8 @@ def preset_table(args: argparse.Namespace, presets: list[str]) -> list[dict[str,
 
 def worker(args: argparse.Namespace) -> None:
     """A subprocess: fdm-ds training steps; prints one JSON line (and 'ready' if competing)."""
-    if args.worker_threads:
-        torch.set_num_threads(args.worker_threads)
+    # fdm train's own thread handling: pinned to --worker-threads, or (0) adapted to the load
+    tuner = configure_threads(args.worker_threads or None)
     torch.set_flush_denormal(True)  # as fdm_cli.train does on CPU
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
@@ -160,12 +165,14 @@ def worker(args: argparse.Namespace) -> None:
     start, steps = time.perf_counter(), 0
     while not stop["flag"]:
         trainer.step()
+        tuner.tick()
         steps += 1
         if args.worker_seconds and time.perf_counter() - start >= args.worker_seconds:
             break
     elapsed = time.perf_counter() - start
     report = {"steps": steps, "seconds": elapsed, "steps_per_s": steps / elapsed}
-    print(json.dumps({**report, "threads": torch.get_num_threads()}), flush=True)
+    report |= {"threads": tuner.counts[0], "final_threads": tuner.best, "switches": tuner.switches}
+    print(json.dumps(report), flush=True)
 
 
 def worker_command(args: argparse.Namespace, threads: int, seconds: float) -> list[str]:
@@ -225,10 +232,12 @@ def measure(
 
 
 def threading_section(args: argparse.Namespace) -> list[dict[str, Any]]:
+    cores = available_cores()
     configs = [
-        ("(a) torch default threads", {}, 0),
-        ("(b) default threads, OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}, 0),
+        ("(a) torch default threads", {}, cores),
+        ("(b) default threads, OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}, cores),
         ("(c) 1 thread", {}, 1),
+        ("(d) fdm's default: adapted to the load (fdm_cli.threads)", {}, 0),
     ]
     results = []
     for label, extra, threads in configs:
@@ -255,8 +264,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10, help="steps per timed window")
     parser.add_argument("--repeats", type=int, default=5, help="timed windows per preset")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (preset table)")
-    parser.add_argument("--threading-seconds", type=float, default=30.0, help="window per run")
+    parser.add_argument("--threading-seconds", type=float, default=60.0, help="window per run")
     parser.add_argument("--no-threading", action="store_true", help="skip the threading section")
+    parser.add_argument("--threading-only", action="store_true", help="skip the preset table")
     parser.add_argument("--quick", action="store_true", help="batch 16, 2-step windows, 2 s runs")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -270,35 +280,32 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as fdm_cli.train does on CPU
-    presets = args.presets or BASE_PRESETS + (LATENT_PRESETS if args.autoencoder else [])
-    if "ddpm" not in presets:
-        presets = ["ddpm", *presets]
-    missing = [p for p in presets if p in LATENT_PRESETS and not args.autoencoder]
-    if missing:
-        parser.error(f"{', '.join(missing)} need --autoencoder DIR")
+    presets = choose_presets(parser, args.presets, args.autoencoder)
 
     info = machine_info(args.threads)
-    results = preset_table(args, presets)
+    results = [] if args.threading_only else preset_table(args, presets)
     threading = None if args.no_threading else threading_section(args)
 
     print(format_machine(info))
-    print(
-        f"batch {args.batch}, {args.warmup} warm-up steps, median of {args.repeats} round-robin "
-        f"windows of {args.window} steps; same UNet config for every preset "
-        f"({results[0]['unet_params'] / 1e6:.2f} M parameters for ddpm)"
-    )
-    print()
-    rows = [
-        [
-            r["preset"],
-            " -> ".join("x".join(map(str, s)) for s in r["stage_shapes"]),
-            f"{r['images_per_s']:.1f}",
-            f"{r['steps_per_s']:.2f}",
-            f"{r['speedup_vs_ddpm']:.2f}x",
+    if results:
+        print(
+            f"batch {args.batch}, {args.warmup} warm-up steps, median of {args.repeats} "
+            f"round-robin windows of {args.window} steps; same UNet config for every preset "
+            f"({results[0]['unet_params'] / 1e6:.2f} M parameters for ddpm)"
+        )
+        print()
+        rows = [
+            [
+                r["preset"],
+                " -> ".join("x".join(map(str, s)) for s in r["stage_shapes"]),
+                f"{r['images_per_s']:.1f}",
+                f"{r['steps_per_s']:.2f}",
+                f"{r['speedup_vs_ddpm']:.2f}x",
+            ]
+            for r in results
         ]
-        for r in results
-    ]
-    print(markdown_table(["preset", "stages", "images/s", "steps/s", "speed-up vs ddpm"], rows))
+        headers = ["preset", "stages", "images/s", "steps/s", "speed-up vs ddpm"]
+        print(markdown_table(headers, rows))
     if threading is not None:
         print()
         print(
@@ -313,20 +320,18 @@ def main() -> None:
             rows.append(
                 [
                     r["config"],
-                    alone["threads"],
+                    f"{alone['final_threads']} / {busy['final_threads']}",
                     f"{alone['steps_per_s']:.2f}",
                     f"{busy['steps_per_s']:.2f}",
                     f"{alone['steps_per_s'] / busy['steps_per_s']:.2f}x",
                     "?" if other is None else f"{other['steps_per_s']:.2f}",
                 ]
             )
-        headers = ["configuration", "threads", "steps/s alone", "steps/s with a competitor",
-                   "slow-down", "competitor steps/s"]  # fmt: skip
+        headers = ["configuration", "threads at the end (alone / competing)", "steps/s alone",
+                   "steps/s with a competitor", "slow-down", "competitor steps/s"]  # fmt: skip
         print(markdown_table(headers, rows))
-    path = args.json or default_json("bench_training", args.quick)
     payload = {"machine": info, "args": vars(args), "results": results, "threading": threading}
-    write_json(path, payload)
-    print(f"\nwrote {path}")
+    save_results(args, "bench_training", payload)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -14,6 +15,36 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
+TRAIN_DATA = ROOT.parent / "shared" / "data" / "fashion-mnist"  # the quality benchmarks' data
+BASE_PRESETS = ["ddpm", "fdm-ds", "fdm-blur-g"]  # the presets the speed benchmarks compare
+LATENT_PRESETS = ["fdm-vae", "ldm"]  # need --autoencoder DIR
+
+
+def check_train_data(parser: argparse.ArgumentParser, data: Path) -> None:
+    """A usage error unless --data exists or names the embedded data set."""
+    from fdm_cli.data import EMBEDDED
+
+    if str(data) != EMBEDDED and not Path(data).exists():
+        parser.error(
+            f"--data {data} does not exist: give the Fashion-MNIST IDX folder (train split "
+            "preferred; Debian's dataset-fashion-mnist package installs one), or --data "
+            f"{EMBEDDED} for the embedded 10,000-image test split (then FID is measured against "
+            "the training images)"
+        )
+
+
+def choose_presets(
+    parser: argparse.ArgumentParser, presets: list[str] | None, autoencoder: str | None
+) -> list[str]:
+    """--presets (default: the base presets, + the latent ones with --autoencoder), ddpm first
+    (every speed-up is against it); a latent preset without --autoencoder is a usage error."""
+    chosen = presets or BASE_PRESETS + (LATENT_PRESETS if autoencoder else [])
+    if "ddpm" not in chosen:
+        chosen = ["ddpm", *chosen]
+    missing = [p for p in chosen if p in LATENT_PRESETS and not autoencoder]
+    if missing:
+        parser.error(f"{', '.join(missing)} need --autoencoder DIR")
+    return chosen
 
 
 def cpu_model() -> str:
@@ -88,10 +119,18 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def default_json(script: str, quick: bool = False) -> Path:
-    """``bench/results/<script>.json`` (``<script>-quick.json`` for a --quick run, so a quick
-    check never overwrites a full measurement)."""
-    return RESULTS_DIR / f"{script}{'-quick' if quick else ''}.json"
+def results_path(args: argparse.Namespace, script: str) -> Path:
+    """``--json PATH``, else ``bench/results/<script>.json`` (``<script>-quick.json`` for a
+    --quick run, so a quick check never overwrites a full measurement)."""
+    return args.json or RESULTS_DIR / f"{script}{'-quick' if args.quick else ''}.json"
+
+
+def save_results(args: argparse.Namespace, script: str, payload: dict[str, Any]) -> Path:
+    """Write the script's results JSON (see `results_path`), say where, and return the path."""
+    path = results_path(args, script)
+    write_json(path, payload)
+    print(f"\nwrote {path}")
+    return path
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
