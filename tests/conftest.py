@@ -3,12 +3,15 @@
 TRITON_INTERPRET must be set before any Triton kernel module is imported, so the kernels run on
 CPU tensors under the interpreter. Tests use one intra-op thread: their tensors are small, and on
 a 2-core machine OpenMP threads busy-wait at every barrier, so a second thread that another
-process has descheduled makes small ops up to 100x slower.
+process has descheduled makes small ops up to 100x slower. OMP_NUM_THREADS=1 also pins the count
+for the commands the tests run (in this process and in subprocesses), so `fdm_cli.threads` does
+not adapt it and runs stay bit-reproducible; tests/fdm_cli/test_threads.py covers the adapting.
 """
 
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch

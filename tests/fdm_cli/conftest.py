@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,39 @@ TINY = (
 def run_cli(*args: str | Path) -> object:
     """Invoke `fdm` in-process; returns the CliRunner result (exit_code, output, stderr)."""
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height pixels (8-bit gray) and that holds no pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def refused(result: object, *phrases: str) -> None:
+    """The command stopped with exit code 2 and one `fdm: error:` line containing `phrases`."""
+    assert result.exit_code == 2, result.output
+    text = result.output.strip()
+    assert text.startswith("fdm: error:") and len(text.splitlines()) == 1, text
+    assert "Traceback" not in text, text
+    for phrase in phrases:
+        assert phrase in text, text
+
+
+def stopped(result: object, *phrases: str) -> None:
+    """A run that had started (and printed progress) stopped with exit code 2 and a last line
+    `fdm: error: ...` containing `phrases`, without a traceback."""
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("fdm: error:") and "Traceback" not in result.output, result.output
+    for phrase in phrases:
+        assert phrase in last, last
 
 
 @pytest.fixture(scope="session")

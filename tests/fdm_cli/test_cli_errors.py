@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from .conftest import png_header_only, refused
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -105,12 +107,16 @@ def test_train_data_errors(name: str, message: str, files: dict, tmp_path: Path,
     assert message in result.output
 
 
-def test_train_bad_image_in_folder(tmp_path: Path, cli) -> None:
-    Image.new("L", (8, 8)).save(tmp_path / "ok.png")
-    (tmp_path / "broken.jpg").write_bytes(b"garbage")
-    result = cli("train", "--data", tmp_path, "--dry-run")
-    assert result.exit_code == 2 and "cannot read image" in result.output
-    assert "broken.jpg" in result.output
+def test_train_bad_image_in_folder_with_strict(tmp_path: Path, cli, tiny) -> None:
+    """--strict refuses a folder holding an unreadable image (without it, the image is skipped:
+    tests/fdm_cli/test_data.py::test_fdm_train_on_a_messy_folder)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("L", (8, 8)).save(data / "ok.png")
+    (data / "broken.jpg").write_bytes(b"garbage")
+    result = cli("train", "--data", data, "--strict", "--out", tmp_path / "run", "--max-steps",
+                 "1", *tiny)  # fmt: skip
+    refused(result, "cannot read image", "broken.jpg")
 
 
 def test_cuda_requested_without_gpu(tmp_path: Path, cli, tiny) -> None:
@@ -268,3 +274,21 @@ def test_a_plugin_conflict_is_one_line(cli, monkeypatch) -> None:
     assert result.output.strip() == (
         "fdm: error: transform 'haar' is registered twice: by 'a' and by 'b'"
     )
+
+
+def test_seeds_beyond_int64_are_one_line(ds_run: Path, tmp_path: Path, cli, tiny) -> None:
+    """`--seed` past 2^63 - 1 overflowed torch's int64 noise seeds with a traceback."""
+    big = str(2**63)
+    refused(cli("sample", ds_run, "--seed", big, "--out", tmp_path / "g.png"), "2^63 - 1")
+    near = str(2**63 - 2)  # fine for one image, not for 4
+    refused(cli("sample", ds_run, "--seed", near, "--num", "4", "--out", tmp_path / "g.png"))
+    refused(cli("train", "--out", tmp_path / "r", "--seed", big, "--max-steps", "1", *tiny),
+            "train.seed")  # fmt: skip
+    refused(cli("sample", ds_run, "--seed", "1e23", "--out", tmp_path / "g.png"), "'--seed'")
+
+
+def test_a_decompression_bomb_is_one_line(ds_run: Path, tmp_path: Path, cli, tiny) -> None:
+    bomb = png_header_only(tmp_path / "data" / "bomb.png", 100_000, 100_000)
+    refused(cli("super-resolve", ds_run, bomb, "--out", tmp_path / "sr"), "too large to decode")
+    refused(cli("train", "--data", bomb.parent, "--out", tmp_path / "r", "--max-steps", "1",
+                *tiny), "too large to decode")  # fmt: skip

@@ -21,6 +21,8 @@ from fdm_cli.data import (
 )
 from fdm_cli.errors import UserError
 
+from .conftest import png_header_only
+
 REPO = Path(__file__).resolve().parents[2]
 # The full Fashion-MNIST (IDX files) beside the checkout, or wherever FDM_FASHION_MNIST_DIR says.
 SHARED_FMNIST = Path(
@@ -97,6 +99,21 @@ def test_truncated_and_bad_idx_are_user_errors(tmp_path: Path) -> None:
         read_idx(tmp_path / "z-images-idx3-ubyte.gz")
 
 
+def test_an_idx_header_whose_size_overflows_is_refused_with_the_right_count(
+    tmp_path: Path,
+) -> None:
+    """65536^4 = 2^64 bytes: numpy's int64 product wrapped to 0 and the message reported the
+    wrong byte count; nothing past the header may be read for such a file."""
+    path = tmp_path / "huge-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 4]) + struct.pack(">4I", *[65536] * 4)))
+    with pytest.raises(UserError, match="18,446,744,073,709,551,616 bytes"):
+        read_idx(path)
+    path = tmp_path / "long-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 3) + b"abcdef")
+    with pytest.raises(UserError, match=r"\(3 bytes\) but the file holds more"):
+        read_idx(path)
+
+
 def test_image_folder_recursive_gray_and_rgb(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     Image.new("L", (40, 30), 200).save(tmp_path / "a" / "one.png")
@@ -122,6 +139,14 @@ def test_image_folder_errors(tmp_path: Path) -> None:
         load_dataset(str(tmp_path / "missing"), 32)
 
 
+def test_a_decompression_bomb_header_is_one_clear_error(tmp_path: Path) -> None:
+    """100000 x 100000 pixels: Pillow raises DecompressionBombError (not an OSError), which
+    escaped as a traceback from train, super-resolve and deblur."""
+    png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
+    with pytest.raises(UserError, match=r"bomb\.png is too large to decode"):
+        load_dataset(str(tmp_path), 32)
+
+
 def test_fit_pads_small_and_resizes_large() -> None:
     x = torch.full((1, 1, 28, 28), 255.0)
     padded = fit_to_resolution(x, 32)
@@ -142,3 +167,54 @@ def test_data_order_is_a_function_of_seed_and_position() -> None:
     assert torch.equal(torch.cat([p[1] for p in parts]), whole_flip)
     other = DataOrder(10, seed=4).take(0, 10)[0]
     assert not torch.equal(other, whole_idx[:10])
+
+
+def photo_folder(folder: Path) -> Path:
+    """Six mixed photos (PNG/JPEG/WebP; gray, RGB, RGBA; sizes from 20 to 300 px, one in a
+    subfolder), a corrupt PNG, an empty JPEG, a PNG claiming 56 megapixels and a text file."""
+    rng = np.random.default_rng(0)
+    specs = [
+        ("L", (40, 30), "png"),
+        ("RGB", (64, 48), "jpg"),
+        ("RGBA", (50, 50), "webp"),
+        ("RGB", (300, 200), "png"),
+        ("L", (33, 33), "jpeg"),
+        ("RGBA", (20, 40), "png"),
+    ]
+    (folder / "sub").mkdir(parents=True)
+    for i, (mode, (w, h), ext) in enumerate(specs):
+        arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        where = folder / "sub" if i == 3 else folder
+        Image.fromarray(arr, "RGB").convert(mode).save(where / f"photo{i}.{ext}")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (folder / "empty.jpg").write_bytes(b"")
+    png_header_only(folder / "huge.png", 8000, 7000)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_unreadable_images_are_skipped_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Catches one bad file aborting the whole load (the issue), and a skip that is silent."""
+    folder = photo_folder(tmp_path / "photos")
+    with caplog.at_level("WARNING", logger="fdm_cli.data"):
+        dataset = load_dataset(str(folder), 32)
+    assert len(dataset) == 6 and dataset.channels == 3 and dataset.resolution == 32
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, caplog.text
+    text = warnings[0].getMessage()
+    assert "skipped 3 unreadable file(s) of 9" in text and "broken.png" in text, text
+    with pytest.raises(UserError, match=r"cannot read image|pixels"):
+        load_dataset(str(folder), 32, strict=True)
+
+
+def test_fdm_train_on_a_messy_folder(tmp_path: Path, cli, tiny) -> None:
+    folder = photo_folder(tmp_path / "photos")
+    run = tmp_path / "run"
+    result = cli("train", "--data", folder, "--out", run, "--max-steps", "1", *tiny)
+    assert result.exit_code == 0, result.output
+    strict = cli("train", "--data", folder, "--strict", "--out", tmp_path / "r2", "--max-steps",
+                 "1", *tiny)  # fmt: skip
+    assert strict.exit_code == 2 and "fdm: error:" in strict.output, strict.output
+    assert not (tmp_path / "r2" / "checkpoints").exists()

@@ -159,6 +159,39 @@ def test_kid_without_the_whole_gram_matrices_gives_the_same_value(
     assert direct == pytest.approx(gram, rel=1e-12)
 
 
+def test_precision_recall_of_the_same_set_is_one_and_of_far_sets_zero() -> None:
+    rng = np.random.default_rng(6)
+    real = rng.normal(size=(200, 8))
+    assert metrics.precision_recall(real, real) == (1.0, 1.0)
+    assert metrics.precision_recall(real, real + 100.0) == (0.0, 0.0)
+
+
+def test_precision_recall_separate_fidelity_from_coverage() -> None:
+    """A mode-collapsed model (samples from one of two real clusters) keeps its precision and
+    loses half its recall; wide noise samples lose precision and cover everything. Catches
+    swapped arguments (precision and recall trade places) and radii taken from the wrong set or
+    from the point itself (k = 0: every ball has radius 0, both scores fall to about 0)."""
+    rng = np.random.default_rng(7)
+    cluster = np.zeros(8)
+    cluster[0] = 20.0
+    real = np.concatenate([rng.normal(size=(300, 8)), rng.normal(size=(300, 8)) + cluster])
+    collapsed = rng.normal(size=(300, 8))  # only the first cluster
+    precision, recall = metrics.precision_recall(real, collapsed)
+    assert precision > 0.75 and 0.35 < recall < 0.5  # measured: 0.86, 0.44
+    noise = rng.normal(size=(300, 8)) * 6.0 + cluster / 2  # spread between and beyond both
+    precision, recall = metrics.precision_recall(real, noise)
+    assert precision < 0.1 and recall > 0.9  # measured: 0.0, 1.0
+
+
+def test_precision_recall_k_nearest_neighbour_radius_by_hand() -> None:
+    """1-D points, k = 1: real {0, 1, 3} has radii {1, 1, 2}; fake {0.5, 2.5, 10} has radii
+    {2, 2, 7.5}. Precision: 0.5 (within 1 of 0) and 2.5 (within 2 of 3) of 3 samples; recall:
+    0, 1 and 3 are all within a fake ball."""
+    real, fake = np.array([[0.0], [1.0], [3.0]]), np.array([[0.5], [2.5], [10.0]])
+    precision, recall = metrics.precision_recall(real, fake, k=1)
+    assert precision == pytest.approx(2 / 3) and recall == 1.0
+
+
 # ---------------------------------------------------------------------------------------------
 # Preprocessing
 
@@ -246,6 +279,7 @@ def test_eval_of_a_tiny_model_writes_metrics(ds_run: Path, env: Path, tmp_path: 
     metrics = json.loads(out.read_text())
     assert math.isfinite(metrics["fid"]) and metrics["fid"] > 0
     assert math.isfinite(metrics["kid"]) and math.isfinite(metrics["kid_std"])
+    assert 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
     assert metrics["num"] == 8 and metrics["steps"] == 4 and metrics["eta"] == 0.0
     assert metrics["ref"] == EMBEDDED and metrics["crop"] == 28  # trained on 28 -> 32 padding
     assert metrics["sample_s"] > 0 and metrics["sample_s_per_image"] == metrics["sample_s"] / 8

@@ -1,6 +1,7 @@
 """safetensors checkpoints with JSON config, nested state, atomic writes."""
 
 import os
+import stat
 
 import pytest
 import torch
@@ -56,6 +57,25 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         raise RuntimeError("crash")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_write_gives_new_files_the_umask_and_keeps_a_replaced_files_mode(tmp_path, umask):
+    """Catches mkstemp's private 0600 leaking into outputs (PNGs, CSVs, checkpoints a group or
+    a web server must read), and an overwrite resetting permissions the user chose."""
+    old = os.umask(umask)
+    try:
+        with atomic_write(tmp_path / "new.png") as handle:
+            handle.write(b"png")
+        assert stat.S_IMODE((tmp_path / "new.png").stat().st_mode) == 0o666 & ~umask
+        kept = tmp_path / "kept.csv"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        with atomic_write(kept, "w") as handle:
+            handle.write("new")
+        assert kept.read_text() == "new" and stat.S_IMODE(kept.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
 
 
 def test_corrupt_and_missing_files_are_clear_errors(tmp_path):

@@ -1,5 +1,5 @@
-"""The `fdm` command (``python -m fdm_cli``): train, train-autoencoder, sample, super-resolve,
-deblur, plugins, env.
+"""The `fdm` command (``python -m fdm_cli``): train, train-autoencoder, sample, eval,
+super-resolve, deblur, plugins, env.
 
 Exact commands::
 
@@ -15,9 +15,9 @@ Exact commands::
     fdm plugins --json
     fdm env
 
-User errors (bad flag, bad config, missing or corrupt file, invalid image) print one line and
-exit with status 2; ``--debug`` (anywhere on the command line) or ``FDM_DEBUG=1`` shows the
-traceback instead.
+User errors (bad flag, bad config, missing or corrupt file, invalid image, an output that
+exists without ``--overwrite``) print one line and exit with status 2; ``--debug`` (anywhere on
+the command line) or ``FDM_DEBUG=1`` shows the traceback instead. RELIABILITY.md lists them.
 """
 
 from __future__ import annotations
@@ -59,6 +59,13 @@ ModelArg = Annotated[Path, typer.Argument(help="RUN_DIR, MODEL_DIR or checkpoint
 EmaOpt = Annotated[bool, Opt("--ema/--no-ema", help="EMA or raw weights.")]
 DeviceOpt = Annotated[str, Opt(help=DEVICE_HELP, parser=check_device)]
 JsonOpt = Annotated[bool, Opt("--json", help="Machine-readable output.")]
+StrictOpt = Annotated[
+    bool | None, Opt("--strict/--lenient", help="Refuse (or skip) unreadable images in --data.")
+]
+OverwriteOpt = Annotated[bool, Opt(help="Replace existing output files (never the inputs).")]
+ThreadsOpt = Annotated[
+    int | None, Opt(help="CPU threads; default: adapted to the machine's load (fdm_cli.threads).")
+]
 OutFolderOpt = Annotated[Path, Opt(help="Output folder.")]
 FromStageOpt = Annotated[
     int | None, Opt(help="Stage the input is a signal of (default: by size / most blurred).")
@@ -82,6 +89,7 @@ def train(
     config: Annotated[Path | None, typer.Argument(help="YAML/JSON TrainConfig file.")] = None,
     preset: Annotated[PresetName | None, Opt(help="Starting point (default fdm-ds).")] = None,
     data: Annotated[str | None, Opt(help="fashion-mnist, an image folder, or IDX files.")] = None,
+    strict: StrictOpt = None,
     out: Annotated[Path | None, Opt(help="RUN_DIR (default runs/<preset>).")] = None,
     autoencoder: Annotated[
         Path | None,
@@ -95,7 +103,9 @@ def train(
     device: Annotated[str | None, Opt(help=DEVICE_HELP)] = None,
     precision: Annotated[Precision | None, Opt(help="bf16 autocast or fp32.")] = None,
     seed: Annotated[int | None, Opt(help="Seed of init, data order and noise.")] = None,
+    threads: ThreadsOpt = None,
     resume: Annotated[bool, Opt(help="Continue from RUN_DIR/checkpoints/latest.")] = False,
+    overwrite: Annotated[bool, Opt(help="Start a new run in a non-empty RUN_DIR.")] = False,
     set_: Annotated[list[str] | None, Opt("--set", help="key=value override, repeatable.")] = None,
     dry_run: Annotated[bool, Opt(help="Print the resolved config and exit.")] = False,
     progress: Annotated[bool, Opt(help="Show the progress bar.")] = True,
@@ -109,6 +119,7 @@ def train(
     saved = saved_run_config(run_dir) if resume and config is None and preset is None else None
     flags = {
         "data.source": data,
+        "data.strict": strict,
         "process.autoencoder": None if autoencoder is None else str(autoencoder),
         "process.resolution": resolution,
         "train.max_steps": max_steps,
@@ -118,6 +129,7 @@ def train(
         "train.device": device,
         "train.precision": precision,
         "train.seed": seed,
+        "train.threads": threads,
     }
     base_dir = run_dir if saved is not None else None  # a saved config names run-relative assets
     cfg = resolve_train_config(config, preset, flags, set_ or [], saved, base_dir)
@@ -125,34 +137,24 @@ def train(
         run_dir = Path("runs") / (cfg.preset or "custom")
     console = Console(highlight=False, soft_wrap=True)
     if dry_run:
-        _print_dry_run(cfg, run_dir, console)
+        from .train import print_dry_run
+
+        print_dry_run(cfg, run_dir, console)
         return
+    from .outputs import prepare_run_dir
     from .train import run_training
 
+    prepare_run_dir(run_dir, overwrite, resume)
     result = run_training(cfg, run_dir, resume=resume, console=console, show_progress=progress)
     if result.interrupted:
         raise typer.Exit(130)
-
-
-def _print_dry_run(cfg: Any, run_dir: Path, console: Console) -> None:
-    from fdm_core import FDMProcess
-    from fdm_models import MultiStageUNet
-
-    process = FDMProcess(cfg.process)
-    params = sum(p.numel() for p in MultiStageUNet(cfg.model).parameters())
-    typer.echo(cfg.to_yaml(), nl=False)
-    stages = ", ".join(f"{k}: {'x'.join(map(str, s))}" for k, s in enumerate(process.stage_shapes))
-    bounds = ", ".join(f"{b:.4g}" for b in process.boundaries)
-    typer.echo(
-        f"# stages {stages}; boundaries [{bounds}]; UNet {params / 1e6:.2f}M "
-        f"parameters; RUN_DIR {run_dir}"
-    )
 
 
 @app.command("train-autoencoder")
 @cli_errors
 def train_autoencoder(
     data: Annotated[str | None, Opt(help="fashion-mnist, an image folder, or IDX files.")] = None,
+    strict: StrictOpt = None,
     out: Annotated[Path | None, Opt(help="RUN_DIR (default runs/autoencoder).")] = None,
     resolution: Annotated[int | None, Opt(help="Image size in pixels (default 32).")] = None,
     factor: Annotated[int | None, Opt(help="Down-sampling factor 2, 4 or 8 (default 4).")] = None,
@@ -168,10 +170,12 @@ def train_autoencoder(
     minutes: Annotated[float | None, Opt(help="Train this many minutes (default 3).")] = None,
     seed: Annotated[int | None, Opt(help="Seed of init, data order and noise.")] = None,
     device: Annotated[str | None, Opt(help=DEVICE_HELP)] = None,
+    threads: ThreadsOpt = None,
     holdout: Annotated[
         int | None, Opt(help="Last N images: never trained on (default 500).")
     ] = None,
     resume: Annotated[bool, Opt(help="Continue from RUN_DIR/checkpoints/latest.")] = False,
+    overwrite: Annotated[bool, Opt(help="Start a new run in a non-empty RUN_DIR.")] = False,
     set_: Annotated[list[str] | None, Opt("--set", help="key=value override, repeatable.")] = None,
     dry_run: Annotated[bool, Opt(help="Print the resolved config and exit.")] = False,
     progress: Annotated[bool, Opt(help="Show the progress bar.")] = True,
@@ -181,6 +185,7 @@ def train_autoencoder(
 
     flags = {
         "data.source": data,
+        "data.strict": strict,
         "model.resolution": resolution,
         "model.factor": factor,
         "model.latent_channels": latent_channels,
@@ -193,24 +198,16 @@ def train_autoencoder(
         "train.minutes": minutes,
         "train.seed": seed,
         "train.device": device,
+        "train.threads": threads,
         "train.holdout": holdout,
     }
-    result = command(flags, set_ or [], out, resume, dry_run, progress)
+    result = command(flags, set_ or [], out, resume, overwrite, dry_run, progress)
     if result is not None and result.interrupted:
         raise typer.Exit(130)
 
 
 # ---------------------------------------------------------------------------------------------
 # sample, super-resolve, deblur
-
-
-def _sampler_config(steps: int, sampler: str, eta: float | None) -> Any:
-    """--steps, --sampler and --eta as fdm-core's SamplerConfig, which validates them."""
-    from fdm_core import SamplerConfig
-
-    if sampler == "ddpm" and eta not in (None, 1.0):
-        raise UserError(f"--sampler ddpm means eta = 1; for eta = {eta} use --sampler ddim")
-    return SamplerConfig(steps=steps, eta=1.0 if sampler == "ddpm" else (eta or 0.0))
 
 
 @app.command()
@@ -230,22 +227,38 @@ def sample(
     strip_rows: Annotated[int, Opt(help="Samples shown in the stage strip.")] = 8,
     ema: EmaOpt = True,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate samples (a grid or one PNG each) and optionally a stage strip."""
     from .distributed import resolve_device
-    from .images import make_grid, save_images, save_png, stage_strip
-    from .sample import generate, load_model, parse_stage_seeds, strip_columns, strip_tile
+    from .images import make_grid, sample_paths, save_images, save_png, stage_strip
+    from .outputs import check_outputs, model_inputs
+    from .sample import (
+        generate,
+        load_model,
+        parse_stage_seeds,
+        sampler_config,
+        strip_columns,
+        strip_tile,
+    )
+    from .seeding import check_seeds
+    from .threads import configure_threads
 
     if out is not None and out_dir is not None:
         raise UserError("--out (one grid) and --out-dir (one PNG per sample) are alternatives")
     for name, value in (("--num", num), ("--batch-size", batch_size), ("--strip-rows", strip_rows)):
         if value <= 0:
             raise UserError(f"{name} {value}: must be positive")
-    config = _sampler_config(steps, sampler, eta)
+    check_seeds(seed, num)
+    config = sampler_config(steps, sampler, eta)
+    targets = [out or Path("samples.png")] if out_dir is None else sample_paths(out_dir, num)
+    check_outputs([*targets, *([strip] if strip else [])], overwrite, model_inputs(model))
     dev = resolve_device(device)
     loaded = load_model(model, ema=ema, device=dev)
     seeds = parse_stage_seeds(stage_seeds, loaded.process.num_stages)
-    result = generate(loaded, range(num), seed, config, seeds, batch_size, dev)
+    tuner = configure_threads(threads, tune=dev.type == "cpu")
+    result = generate(loaded, range(num), seed, config, seeds, batch_size, dev, threads=tuner)
     console = Console(highlight=False, soft_wrap=True)
     if out_dir is not None:
         paths = save_images(result.x, out_dir, first_index=0)
@@ -280,9 +293,11 @@ def eval_(
     out: Annotated[Path, Opt(help="Metrics JSON file.")] = Path("metrics.json"),
     ema: EmaOpt = True,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    overwrite: OverwriteOpt = False,
     progress: Annotated[bool, Opt(help="Show progress bars.")] = True,
 ) -> None:
-    """FID and KID of a model's samples against real images, or of two real sets (--real)."""
+    """FID, KID, precision and recall of samples against real images, or of two real sets."""
     options = dict(locals())  # the options above, by name
     from .evaluate import command
 
@@ -303,8 +318,9 @@ def _restore(
     """super-resolve and deblur: the same options, one implementation (`fdm_cli.restore`)."""
     from .distributed import resolve_device
     from .restore import restore
+    from .sample import sampler_config
 
-    config = _sampler_config(steps, "ddim", eta)
+    config = sampler_config(steps, "ddim", eta)
     console = Console(highlight=False, soft_wrap=True)
     restore(task, model, images, out, config, resolve_device(device), console, **options)
 
@@ -323,6 +339,7 @@ def super_resolve(
     seed: RestoreSeedOpt = 0,
     ema: EmaOpt = True,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Up-sample images with a down-sampling f-DM by starting the sampler at their stage."""
     _restore("super-resolve", **locals())  # the options above, by name
@@ -342,6 +359,7 @@ def deblur(
     seed: RestoreSeedOpt = 0,
     ema: EmaOpt = True,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Sharpen images with a blur f-DM by starting the sampler at a blurred stage."""
     _restore("deblur", **locals())  # the options above, by name

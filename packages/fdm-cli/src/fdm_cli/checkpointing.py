@@ -16,7 +16,10 @@ the checkpoint it names is complete, and old checkpoints are pruned after that.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ CONFIG_FILE = "config.yaml"
 MODEL_DIR = "model"
 SAMPLES = "samples"
 _NAME = re.compile(r"^step-(\d+)\.safetensors$")
+_TEMPORARY = re.compile(r"^\..+\.tmp$")  # atomic_write's: "." + name + "." + random + ".tmp"
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -48,14 +52,35 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint `latest` points to (or the newest file if the pointer is missing)."""
+    """The checkpoint `latest` points to, or the newest checkpoint file when the pointer is
+    missing or does not name one. The pointer can only name a ``step-N.safetensors`` file in
+    the run's own checkpoints/ folder: a path ("../x", "/etc/x") or any other name is ignored."""
     pointer = run_dir / CHECKPOINTS / LATEST
     if pointer.is_file():
-        target = run_dir / CHECKPOINTS / pointer.read_text().strip()
-        if target.is_file():
+        try:
+            name = pointer.read_text(encoding="utf-8", errors="replace")[:256].strip()
+        except OSError:
+            name = ""
+        target = run_dir / CHECKPOINTS / name
+        if _NAME.match(name) and target.is_file():
             return target
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None
+
+
+def sweep_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files (``.NAME.XXXX.tmp``, see `fdm_core.atomic_write`) a crash
+    left in the run's folders; returns them. Call before the run writes anything."""
+    stale = [
+        p
+        for folder in (run_dir, run_dir / CHECKPOINTS, run_dir / SAMPLES, run_dir / MODEL_DIR)
+        if folder.is_dir()
+        for p in folder.iterdir()
+        if _TEMPORARY.match(p.name) and p.is_file()
+    ]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def save_checkpoint(
@@ -72,15 +97,68 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(state, config) of a checkpoint; UserError if it is missing or corrupt."""
+SAMPLE_PARTS = ("model", "ema", "progress")  # what sampling reads
+RESUME_PARTS = ("model", "ema", "optimizer", "rng", "progress")  # what --resume reads
+
+
+def load_checkpoint(
+    path: Path, parts: tuple[str, ...] = SAMPLE_PARTS
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state, config) of a checkpoint; UserError if it is missing, corrupt, or lacks one of
+    `parts` (or holds it in the wrong form): checked before any of it is used."""
     try:
         state, config = load_state(path)
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
-    if config is None or not {"model", "progress"} <= set(state):
-        raise UserError(f"{path} is not an fdm training checkpoint (no model/progress/config)")
+    if config is None or not isinstance(state, dict):
+        raise UserError(f"{path} is not an fdm training checkpoint (no state or no config)")
+    missing = [p for p in parts if p not in state]
+    if missing:
+        raise UserError(
+            f"{path} is not a complete fdm training checkpoint: no {', '.join(missing)}"
+        )
+    for part in ("model", "ema"):
+        tensors = state.get(part)
+        if part in parts and not (
+            isinstance(tensors, dict) and all(isinstance(v, torch.Tensor) for v in tensors.values())
+        ):
+            raise UserError(f"{path}: its '{part}' entry is not a set of named tensors")
+    if "progress" in parts and not _valid_progress(state["progress"]):
+        raise UserError(
+            f"{path}: its 'progress' entry must hold step and position (integers >= 0) and "
+            f"elapsed_s (seconds >= 0), not {str(state['progress'])[:80]}"
+        )
     return state, config
+
+
+def _valid_progress(progress: Any) -> bool:
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not isinstance(progress, dict):
+        return False
+    seconds = progress.get("elapsed_s")
+    return (
+        count(progress.get("step"))
+        and count(progress.get("position"))
+        and isinstance(seconds, int | float)
+        and not isinstance(seconds, bool)
+        and math.isfinite(seconds)
+        and seconds >= 0
+    )
+
+
+@contextmanager
+def restoring(path: Path) -> Iterator[None]:
+    """Loading a checkpoint's parts into a model, optimizer or the RNG: a part that does not fit
+    (a damaged or foreign file) is a UserError naming the file, not a traceback."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserError(
+            f"{path}: its state does not fit this run ({type(exc).__name__}: {detail})"
+        ) from None
 
 
 def refuse_changed_config(

@@ -28,6 +28,7 @@ from .choices import Device, Precision
 from .data import probe_channels
 from .errors import UserError, format_validation_error
 from .presets import DEFAULT_PRESET, deep_merge, preset_dict
+from .seeding import MAX_SEED
 
 
 class Section(BaseModel):
@@ -50,6 +51,9 @@ class DataConfig(Section):
         "auto", description="pad small size differences (28 -> 32) or resize + centre crop"
     )
     hflip: bool = Field(True, description="random horizontal flips (seeded by position)")
+    strict: bool = Field(
+        False, description="refuse a folder holding an unreadable image instead of skipping it"
+    )
 
 
 class AdamWConfig(Section):
@@ -84,7 +88,9 @@ class LoopOptions(Section):
         None, gt=0, description="stop after this much training wall time (summed over resumes)"
     )
     device: Device = Field("auto", description="auto (cuda if available), cpu, cuda or cuda:N")
-    seed: int = Field(0, ge=0, description="seeds init, data order and every noise draw")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seeds init, data order and every noise draw"
+    )
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
     log_every: int = Field(10, gt=0, description="progress/CSV flush interval in steps")
     checkpoint_every: int = Field(500, gt=0, description="checkpoint + sample images every N steps")
@@ -114,7 +120,7 @@ class SampleOptions(Section):
     strip_rows: int = Field(8, gt=0, description="samples (rows) in the stage strip")
     steps: int = Field(100, gt=0, description="sampler steps (split across stages)")
     eta: float = Field(0.0, ge=0, le=1, description="0: DDIM, 1: ancestral DDPM")
-    seed: int = Field(0, ge=0, description="sample i uses noise seed seed + i")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="sample i uses noise seed seed + i")
     batch_size: int = Field(64, gt=0, description="images per sampler call")
 
     def sampler(self) -> SamplerConfig:
@@ -195,6 +201,12 @@ def apply_flags(raw: dict[str, Any], given: Mapping[str, Any], overrides: Sequen
             apply_override(raw, other.split("."), None)
     for item in overrides:
         apply_override(raw, *parse_override(item))
+    for name, value in raw.items():
+        if name != "preset" and not isinstance(value, dict):
+            raise UserError(
+                f"'{name}' must be a section (a mapping of keys to values), got "
+                f"{str(value)[:60]!r}; set one of its keys instead, e.g. --set {name}.KEY=VALUE"
+            )
 
 
 def set_autoencoder(raw: dict[str, Any], folder: str) -> None:

@@ -20,8 +20,7 @@ therefore sees exactly the batches an uninterrupted one would, for any number of
 
 from __future__ import annotations
 
-import gzip
-import struct
+import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,12 +32,16 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+from .idx import find_idx_images, read_idx
 from .seeding import DATA_FLIP, DATA_ORDER, derive_seed
 
 EMBEDDED = "fashion-mnist"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+MAX_DATA_PIXELS = 50_000_000  # per data image (a 9000x9000 PNG of 236 KB decodes to 243 MB)
+REDUCIBLE_MODES = {"L", "LA", "RGB", "RGBA", "I", "F"}  # what Image.reduce takes
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 Fit = Literal["auto", "pad", "resize"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,43 +72,6 @@ class ImageDataset:
 
 # ---------------------------------------------------------------------------------------------
 # IDX files
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) holding unsigned bytes."""
-    try:
-        raw = gzip.open(path).read() if path.name.endswith(".gz") else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise UserError(f"cannot read IDX file {path}: {exc}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise UserError(f"{path} is not an IDX file (bad magic number)")
-    if raw[2] != 0x08:
-        raise UserError(f"{path}: only unsigned-byte IDX data (type 0x08) is supported")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise UserError(f"{path}: truncated IDX header")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    count = int(np.prod(shape)) if shape else 0
-    if len(raw) - header != count:
-        raise UserError(
-            f"{path}: IDX header says {shape} ({count} bytes) but the file holds "
-            f"{len(raw) - header} bytes of data (truncated or corrupt)"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def find_idx_images(directory: Path) -> Path | None:
-    """The ``*-images-idx3-ubyte[.gz]`` file of `directory` (train split preferred), if any."""
-    found = sorted(
-        p
-        for p in directory.iterdir()
-        if p.is_file() and p.name.removesuffix(".gz").endswith("-images-idx3-ubyte")
-    )
-    if not found:
-        return None
-    train = [p for p in found if p.name.startswith("train")]
-    return (train or found)[0]
 
 
 def _embedded_images() -> Path:
@@ -197,6 +163,8 @@ def open_image(path: Path, decode: bool = True) -> Image.Image:
             return im.copy()
     except FileNotFoundError:
         raise UserError(f"image not found: {path}") from None
+    except Image.DecompressionBombError as exc:  # a header claiming billions of pixels
+        raise UserError(f"image {path} is too large to decode: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(
             f"cannot read image {path}: {exc.__class__.__name__}: {exc} "
@@ -210,8 +178,15 @@ def image_channels(im: Image.Image) -> int:
 
 
 def folder_channels(paths: list[Path]) -> int:
-    """1 if every image is grayscale, else 3: the one grayscale rule (image headers only)."""
-    return max(image_channels(open_image(p, decode=False)) for p in paths)
+    """1 if every image is grayscale, else 3: the one grayscale rule (image headers only; an
+    unreadable image does not count, the loader skips or refuses it)."""
+    channels = 1
+    for p in paths:
+        try:
+            channels = max(channels, image_channels(open_image(p, decode=False)))
+        except UserError:
+            continue
+    return channels
 
 
 def pil_to_tensor(im: Image.Image, channels: int) -> torch.Tensor:
@@ -233,18 +208,67 @@ def _resize_pil(im: Image.Image, resolution: int, fit: Fit) -> Image.Image:
     return im
 
 
+def _decode_for_training(path: Path, resolution: int, fit: Fit) -> Image.Image:
+    """Decode one data image already reduced towards `resolution` (JPEG's DCT scaling through
+    `Image.draft`; `reduce` by whole factors for the rest), so a huge photo never costs its full
+    size twice; refuses more than MAX_DATA_PIXELS."""
+    header = open_image(path, decode=False)
+    w, h = header.size
+    if w * h > MAX_DATA_PIXELS:
+        raise UserError(
+            f"image {path} is {w}x{h} = {w * h:,} pixels; a data image may have at most "
+            f"{MAX_DATA_PIXELS:,} (resize it first)"
+        )
+    try:
+        with Image.open(path) as im:
+            if fit_mode(h, w, resolution, fit) != "pad":
+                scale = resolution / min(w, h)
+                im.draft(im.mode, (max(1, round(w * scale)), max(1, round(h * scale))))
+            im.load()
+            factor = min(im.size) // (2 * resolution)  # keep 2x the size for a good resize
+            if factor > 1 and im.mode in REDUCIBLE_MODES:
+                return im.reduce(factor)
+            return im.copy()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"cannot read image {path}: {exc.__class__.__name__}: {exc}") from None
+
+
 def load_image_folder(
-    directory: Path, resolution: int, channels: int | None = None, fit: Fit = "auto"
+    directory: Path,
+    resolution: int,
+    channels: int | None = None,
+    fit: Fit = "auto",
+    strict: bool = False,
 ) -> ImageDataset:
+    """The folder's images, decoded one at a time. An unreadable image (corrupt, empty, not an
+    image, too large) is skipped with one warning that counts them and names the first few, or
+    refused with `strict`."""
     paths = _folder_images(directory)
     if channels is None:
         channels = folder_channels(paths)
-    opened = [open_image(p) for p in paths]
-    out = torch.empty((len(opened), channels, resolution, resolution), dtype=torch.uint8)
-    for i, im in enumerate(opened):
+    skipped: list[tuple[Path, UserError]] = []
+    rows = []
+    for path in paths:
+        try:
+            im = _decode_for_training(path, resolution, fit)
+        except UserError as exc:
+            if strict:
+                raise
+            skipped.append((path, exc))
+            continue
         t = pil_to_tensor(_resize_pil(im, resolution, fit), channels)
-        out[i] = _to_uint8(fit_to_resolution(t.unsqueeze(0), resolution, "pad")[0])
-    return ImageDataset(out, str(directory))
+        rows.append(_to_uint8(fit_to_resolution(t.unsqueeze(0), resolution, "pad")[0]))
+    if skipped:
+        names = ", ".join(str(p.relative_to(directory)) for p, _ in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        log.warning(
+            "skipped %d unreadable file(s) of %d in %s: %s%s (first: %s; --strict refuses them)",
+            len(skipped), len(paths), directory, names, more, skipped[0][1],
+        )  # fmt: skip
+    if not rows:
+        first = skipped[0][1]
+        raise UserError(f"no readable image in {directory} ({len(skipped)} unreadable; {first})")
+    return ImageDataset(torch.stack(rows), str(directory))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,16 +309,21 @@ def _locate(source: str) -> tuple[Path, bool]:
 
 
 def load_dataset(
-    source: str, resolution: int, channels: int | None = None, fit: Fit = "auto"
+    source: str,
+    resolution: int,
+    channels: int | None = None,
+    fit: Fit = "auto",
+    strict: bool = False,
 ) -> ImageDataset:
     """Load `source` (see the module docstring) as a uint8 dataset at `resolution`.
 
-    `channels` None follows the data (`probe_channels`); 1 or 3 converts.
+    `channels` None follows the data (`probe_channels`); 1 or 3 converts. `strict` refuses a
+    folder holding an unreadable image instead of skipping it (`load_image_folder`).
     """
     path, is_idx = _locate(source)
     if is_idx:
         return _idx_dataset(path, resolution, channels, fit)
-    return load_image_folder(path, resolution, channels, fit)
+    return load_image_folder(path, resolution, channels, fit, strict)
 
 
 def probe_channels(source: str, channels: int | None = None) -> int:

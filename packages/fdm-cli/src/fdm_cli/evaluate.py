@@ -1,4 +1,5 @@
-"""`fdm eval`: FID and KID of a model's samples against real images, or of two real image sets.
+"""`fdm eval`: FID, KID, precision and recall of a model's samples against real images, or of two
+real image sets.
 
 Exact commands::
 
@@ -38,6 +39,9 @@ from . import checkpointing as ckpt
 from . import fid
 from .data import EMBEDDED, Fit, _locate, load_dataset
 from .errors import UserError
+from .metrics import precision_recall
+from .seeding import check_seeds
+from .threads import ThreadTuner, configure_threads
 
 DEFAULT_REAL_NUM = 2000
 REAL_RESOLUTION = 32
@@ -84,7 +88,14 @@ def _model_crop(
 
 
 def _sample(
-    loaded: Any, num: int, seed: int, config: SamplerConfig, batch: int, dev: Any, progress: bool
+    loaded: Any,
+    num: int,
+    seed: int,
+    config: SamplerConfig,
+    batch: int,
+    dev: Any,
+    progress: bool,
+    threads: ThreadTuner,
 ) -> torch.Tensor:
     from .sample import generate
 
@@ -92,7 +103,8 @@ def _sample(
     with fid.progress_bar("sampling", num, progress) as advance:
         for first in range(0, num, batch):
             last = min(num, first + batch)
-            chunks.append(generate(loaded, range(first, last), seed, config, None, batch, dev).x)
+            part = range(first, last)
+            chunks.append(generate(loaded, part, seed, config, None, batch, dev, threads=threads).x)
             advance(last - first)
     return torch.cat(chunks)
 
@@ -112,9 +124,11 @@ def evaluate_model(
     ema: bool = True,
     network: torch.nn.Module | None = None,
     cache_dir: str | Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Sample `num` images from the model and score them against the first `num` images of
-    `ref` (`ref_split`); returns the metrics.json content."""
+    `ref` (`ref_split`); returns the metrics.json content. `threads` pins the CPU thread count
+    (default: adapted to the load while sampling, `fdm_cli.threads`)."""
     from .sample import load_model
 
     _check_positive(num=num, steps=steps, batch_size=batch_size)
@@ -122,6 +136,7 @@ def evaluate_model(
     network = fid.load_fid_network() if network is None else network  # fail before sampling
     model_path = Path(model_path)
     loaded = load_model(model_path, ema=ema, device=device)
+    tuner = configure_threads(threads, tune=torch.device(device).type == "cpu")
     resolution, channels = loaded.process.config.resolution, loaded.process.config.channels
     source, fit = training_data(model_path)
     crop = _model_crop(source, ref, ref_split, resolution, fit)
@@ -141,15 +156,12 @@ def evaluate_model(
     )
     t0 = time.perf_counter()
     with torch.inference_mode():
-        x = _sample(loaded, num, seed, config, batch_size, device, progress)
+        x = _sample(loaded, num, seed, config, batch_size, device, progress, tuner)
     sample_s = time.perf_counter() - t0
     feats = fid.fid_features(x, network, batch_size, crop, progress)
     stats = fid.FeatureStats.from_features(feats)
-    kid, kid_std = fid.kernel_inception_distance(stats.features, ref_stats.features)
     return {
-        "fid": fid.frechet_distance(stats, ref_stats),
-        "kid": kid,
-        "kid_std": kid_std,
+        **scores(ref_stats, stats),
         "num": num,
         "steps": steps,
         "eta": eta,
@@ -177,10 +189,13 @@ def evaluate_real(
     *,
     network: torch.nn.Module | None = None,
     cache_dir: str | Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """FID and KID between `num` images of two real sources (disjoint when they hold the same
-    images, see the module docstring): the floor a model's score at that `num` can reach."""
+    images, see the module docstring): the floor a model's score at that `num` can reach.
+    `threads` pins the CPU thread count (default: torch's)."""
     _check_positive(num=num, batch_size=batch_size)
+    configure_threads(threads, tune=False)  # feature extraction only: nothing to adapt
     network = fid.load_fid_network() if network is None else network
     network.to(device)
     res = REAL_RESOLUTION
@@ -215,11 +230,8 @@ def evaluate_real(
         )
         for s, o in zip((a, b), offsets, strict=True)
     ]
-    kid, kid_std = fid.kernel_inception_distance(stats[0].features, stats[1].features)
     return {
-        "fid": fid.frechet_distance(*stats),
-        "kid": kid,
-        "kid_std": kid_std,
+        **scores(*stats),
         "num": num,
         "real": [a, b],
         "ranges": [[o, o + num] for o in offsets],
@@ -227,6 +239,20 @@ def evaluate_real(
         "crop": crop,
         "resolution": res,
         "network_sha256": fid.network_digest(network),
+    }
+
+
+def scores(real: fid.FeatureStats, fake: fid.FeatureStats) -> dict[str, float]:
+    """FID, KID (mean and std over subsets), precision and recall of `fake` against `real`
+    (docs/design.md §13 (E35-E38))."""
+    kid, kid_std = fid.kernel_inception_distance(fake.features, real.features)
+    precision, recall = precision_recall(real.features, fake.features)
+    return {
+        "fid": fid.frechet_distance(fake, real),
+        "kid": kid,
+        "kid_std": kid_std,
+        "precision": precision,
+        "recall": recall,
     }
 
 
@@ -244,7 +270,7 @@ def write_metrics(metrics: dict[str, Any], out: Path) -> None:
 
 
 def summary(metrics: dict[str, Any]) -> str:
-    """One line: FID, KID +- std, N and what was compared."""
+    """One line: FID, KID +- std, precision, recall, N and what was compared."""
     what = (
         f"{metrics['real'][0]} {metrics['ranges'][0]} vs {metrics['real'][1]} "
         f"{metrics['ranges'][1]}"
@@ -254,6 +280,7 @@ def summary(metrics: dict[str, Any]) -> str:
     )
     return (
         f"FID {metrics['fid']:.3f}  KID {metrics['kid']:.5f} ± {metrics['kid_std']:.5f}  "
+        f"precision {metrics['precision']:.3f}  recall {metrics['recall']:.3f}  "
         f"N={metrics['num']}: {what}"
     )
 
@@ -271,10 +298,16 @@ def command(
     out: Path,
     ema: bool,
     device: str,
+    threads: int | None,
+    overwrite: bool,
     progress: bool,
 ) -> dict[str, Any]:
     """`fdm eval`: check the flags, evaluate, print one line, write `out`."""
     from .distributed import resolve_device
+    from .outputs import check_outputs, model_inputs
+
+    check_outputs([out], overwrite, model_inputs(model) if model is not None else [])
+    dev = resolve_device(device)
 
     if real:
         if model is not None or len(real) != 2:
@@ -285,14 +318,16 @@ def command(
             num or DEFAULT_REAL_NUM,
             ref_split,
             batch_size,
-            resolve_device(device),
+            dev,
             progress,
+            threads=threads,
         )
     else:
         if model is None:
             raise UserError("give a MODEL (RUN_DIR, MODEL_DIR or checkpoint) or --real A --real B")
         if num is None:
             raise UserError("--num is required: the number of samples to score (FID depends on it)")
+        check_seeds(seed, num)
         if not 0.0 <= eta <= 1.0 or math.isnan(eta):
             raise UserError(f"--eta {eta}: must be in [0, 1]")
         metrics = evaluate_model(
@@ -304,9 +339,10 @@ def command(
             batch_size,
             ref,
             ref_split,
-            resolve_device(device),
+            dev,
             progress,
             ema=ema,
+            threads=threads,
         )
     write_metrics(metrics, out)
     Console(highlight=False, soft_wrap=True).print(f"{summary(metrics)}; wrote {out}", markup=False)

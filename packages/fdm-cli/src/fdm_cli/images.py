@@ -75,15 +75,20 @@ def make_grid(x: torch.Tensor, ncol: int | None = None, padding: int = 2) -> Ima
     return to_pil(canvas)
 
 
+def sample_paths(
+    out_dir: str | os.PathLike[str], num: int, first_index: int = 0, prefix: str = "sample"
+) -> list[Path]:
+    """Where `save_images` writes `num` images: ``{prefix}-{index:05d}.png``."""
+    return [Path(out_dir) / f"{prefix}-{first_index + i:05d}.png" for i in range(num)]
+
+
 def save_images(
     x: torch.Tensor, out_dir: str | os.PathLike[str], first_index: int = 0, prefix: str = "sample"
 ) -> list[Path]:
-    """One PNG per image: ``{prefix}-{index:05d}.png``."""
-    paths = []
-    for i, arr in enumerate(to_uint8(x)):
-        path = Path(out_dir) / f"{prefix}-{first_index + i:05d}.png"
+    """One PNG per image (see `sample_paths`)."""
+    paths = sample_paths(out_dir, len(x), first_index, prefix)
+    for arr, path in zip(to_uint8(x), paths, strict=True):
         save_png(to_pil(arr), path)
-        paths.append(path)
     return paths
 
 

@@ -1,5 +1,5 @@
-"""FID and KID from feature sets (docs/design.md §13 (E35-E37)), numpy float64; the feature
-extraction and the reference sets are in `fdm_cli.fid`."""
+"""FID, KID, precision and recall from feature sets (docs/design.md §13 (E35-E38)), numpy
+float64; the feature extraction and the reference sets are in `fdm_cli.fid`."""
 
 from __future__ import annotations
 
@@ -89,3 +89,31 @@ def kernel_inception_distance(
         values[i] = off / (m * (m - 1)) - 2.0 * xy.sum() / (m * m)
     std = float(values.std(ddof=1)) if subsets > 1 else 0.0
     return float(values.mean()), std
+
+
+def _pairwise_distances(a: np.ndarray, b: np.ndarray, rows: int = 1024) -> np.ndarray:
+    """Euclidean distances (len(a), len(b)) in float64, `rows` rows of `a` at a time."""
+    b_sq = (b * b).sum(axis=1)
+    out = np.empty((len(a), len(b)))
+    for i in range(0, len(a), rows):
+        x = a[i : i + rows]
+        sq = (x * x).sum(axis=1)[:, None] + b_sq[None, :] - 2.0 * x @ b.T
+        out[i : i + rows] = np.sqrt(np.clip(sq, 0.0, None))
+    return out
+
+
+def _coverage(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> float:
+    """The fraction of `points` inside at least one ball (centre, radius)."""
+    return float((_pairwise_distances(points, centres) <= radii[None, :]).any(axis=1).mean())
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (E38) of `fake` against `real` with k-NN balls."""
+    real, fake = np.asarray(real, dtype=np.float64), np.asarray(fake, dtype=np.float64)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise UserError(f"feature sets must be (N, D) with equal D: {real.shape}, {fake.shape}")
+    if min(len(real), len(fake)) <= k:
+        raise UserError(f"precision/recall with k = {k} need more than {k} features per set")
+    # the (k + 1)-th smallest distance in a row: the point itself is at distance 0
+    radius = [np.partition(_pairwise_distances(x, x), k, axis=1)[:, k] for x in (real, fake)]
+    return _coverage(fake, real, radius[0]), _coverage(real, fake, radius[1])

@@ -15,10 +15,15 @@ from .config import TrainOptions
 
 @contextmanager
 def graceful_stop() -> Iterator[dict]:
-    """SIGINT/SIGTERM set a flag (checked after each step) instead of killing the run."""
+    """The first SIGINT/SIGTERM sets a flag (checked after each step: the run stops with a
+    checkpoint) instead of killing the run; a second one stops it at once, wherever it is, as
+    KeyboardInterrupt. Every file is written atomically, so the last complete checkpoint and
+    its `latest` pointer survive either way."""
     flag = {"signal": None}
 
     def handler(signum: int, _frame: object) -> None:
+        if flag["signal"] is not None:
+            raise KeyboardInterrupt
         flag["signal"] = signum
 
     previous = {}

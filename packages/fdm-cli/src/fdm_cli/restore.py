@@ -27,7 +27,9 @@ from fdm_core import Boundary, SamplerConfig, Start
 from .data import image_channels, open_image, pil_to_tensor
 from .errors import UserError
 from .images import make_grid, save_png, upscale
+from .outputs import check_outputs, model_inputs
 from .sample import LoadedModel, generate, load_model
+from .seeding import check_seeds
 
 
 @dataclass
@@ -197,9 +199,16 @@ def restore(
     resize: bool = False,
     seed: int = 0,
     ema: bool = True,
+    overwrite: bool = False,
 ) -> None:
     """`fdm super-resolve` / `fdm deblur`: for each image, its result and a side-by-side
     comparison (input shown in data space above the result) in `out`."""
+    check_seeds(seed, len(images))
+    names = [p.stem for p in images]
+    if len(set(names)) != len(names):
+        raise UserError("two input images share a file name; outputs would overwrite each other")
+    targets = [out / f"{n}{suffix}.png" for n in names for suffix in ("", "-compare")]
+    check_outputs(targets, overwrite, [*images, *model_inputs(model)])
     loaded = load_model(model, ema=ema, device=dev)
     check_task(loaded, task)
     stage = from_stage if from_stage is not None else default_stage(loaded, task)
@@ -208,9 +217,6 @@ def restore(
     conditions = [load_condition(loaded, p, stage, resize, task) for p in images]
     for c in conditions:
         check_start(loaded, c.stage, start_t)
-    names = [c.path.stem for c in conditions]
-    if len(set(names)) != len(names):
-        raise UserError("two input images share a file name; outputs would overwrite each other")
     size = loaded.process.config.resolution
     for i, c in enumerate(conditions):
         result = generate(

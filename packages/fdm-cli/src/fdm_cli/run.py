@@ -27,6 +27,7 @@ from .images import atomic_write_bytes, make_grid, save_png, stage_strip
 from .losslog import LossLog
 from .sample import LoadedModel, Samples, generate, strip_columns, strip_tile
 from .seeding import MODEL_INIT, TRAIN_STEP, derive_seed
+from .threads import ThreadTuner, configure_threads
 
 Say = Callable[..., None]  # say(message, markup=False): print on rank 0 only
 
@@ -62,6 +63,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     module: nn.Module  # LossModule, in DistributedDataParallel under torchrun
     log: LossLog
+    threads: ThreadTuner
     step: int = 0
     position: int = 0  # images of the data stream consumed, all ranks together
     elapsed: float = 0.0  # training seconds, summed over resumes
@@ -114,20 +116,20 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext,
             f"--batch-size {opts.batch_size} must be divisible by the "
             f"{ctx.world_size} ranks (it is the global batch)"
         )
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-    elif ctx.enabled and ctx.device.type == "cpu":
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)) if ctx.enabled else 1
+    threads = configure_threads(opts.threads, local, tune=ctx.device.type == "cpu")
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None and not resume:
         raise UserError(
             f"{run_dir} already holds a run ({latest.name}); pass --resume to "
             "continue it, or choose another --out"
         )
+    if ctx.is_main and (stale := ckpt.sweep_stale_temporaries(run_dir)):
+        say(f"removed {len(stale)} temporary file(s) an interrupted write left in {run_dir}")
     cfg = bundle_run_assets(cfg, run_dir)  # an autoencoder is copied into the run
+    data = cfg.data
     dataset = load_dataset(
-        cfg.data.source, cfg.process.resolution, cfg.process.channels, cfg.data.fit
+        data.source, cfg.process.resolution, cfg.process.channels, data.fit, data.strict
     )
     process = FDMProcess(cfg.process)
     torch.manual_seed(derive_seed(opts.seed, MODEL_INIT))
@@ -175,6 +177,7 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext,
         optimizer,
         module,
         log,
+        threads,
         step,
         position,
         elapsed,
@@ -187,12 +190,13 @@ def _load_state(
 ) -> tuple[int, int, float]:
     """Load a checkpoint into the run (refusing a different process or model config); returns
     its step, stream position and elapsed training seconds."""
-    state, saved = ckpt.load_checkpoint(latest)
+    state, saved = ckpt.load_checkpoint(latest, ckpt.RESUME_PARTS)
     ckpt.refuse_changed_config(latest, cfg.to_dict(), saved, ("process", "model"))
-    unet.load_state_dict(state["model"])
-    ema.load_state_dict(state["ema"])
-    optimizer.load_state_dict(ckpt.optimizer_from_tree(state["optimizer"]))
-    ckpt.set_rng_state(state["rng"])
+    with ckpt.restoring(latest):
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(ckpt.optimizer_from_tree(state["optimizer"]))
+        ckpt.set_rng_state(state["rng"])
     progress = state["progress"]
     return int(progress["step"]), int(progress["position"]), float(progress["elapsed_s"])
 

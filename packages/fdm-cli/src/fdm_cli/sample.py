@@ -27,6 +27,7 @@ from fdm_models import MultiStageUNet, UNetConfig, from_pretrained, load_pretrai
 from . import checkpointing as ckpt
 from .errors import UserError, format_validation_error
 from .images import upscale
+from .threads import ThreadTuner
 
 
 @dataclass
@@ -34,6 +35,10 @@ class LoadedModel:
     process: FDMProcess
     unet: MultiStageUNet
     description: str
+
+
+# What fdm train writes into a MODEL_DIR's config.json (save_pretrained adds the first two).
+MODEL_DIR_KEYS = {"_class_name", "_fdm_models_version", "unet", "process", "fdm"}
 
 
 def _process_from(config: dict, source: Path, base_dir: Path) -> FDMProcess:
@@ -46,6 +51,18 @@ def _process_from(config: dict, source: Path, base_dir: Path) -> FDMProcess:
         raise UserError(f"{source}: invalid process config: {message}") from None
     except (ValueError, KeyError) as exc:
         raise UserError(f"{source}: invalid process config: {exc}") from None
+
+
+def _check_fit(process: FDMProcess, unet: MultiStageUNet, source: Path) -> None:
+    """The UNet must have been built for the process's stages (else sampling fails or, worse,
+    runs and returns garbage)."""
+    ours = [tuple(s) for s in process.stage_shapes]
+    theirs = [tuple(s) for s in unet.config.stage_shapes]
+    if ours != theirs:
+        raise UserError(
+            f"{source}: the process has stages {ours} but the UNet was built for {theirs}; "
+            "the model files do not belong together"
+        )
 
 
 def load_model(path: Path, ema: bool = True, device: torch.device | str = "cpu") -> LoadedModel:
@@ -61,6 +78,9 @@ def load_model(path: Path, ema: bool = True, device: torch.device | str = "cpu")
         try:
             config = load_pretrained_config(path)
             unet = from_pretrained(path, device=device)
+        except ValidationError as exc:
+            message = format_validation_error(exc, "unet")
+            raise UserError(f"{path / 'config.json'}: invalid model config: {message}") from None
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
         if "process" not in config:
@@ -68,7 +88,15 @@ def load_model(path: Path, ema: bool = True, device: torch.device | str = "cpu")
                 f"{path}/config.json has no 'process' entry: not an f-DM model "
                 "directory (write one with fdm train)"
             )
-        return LoadedModel(_process_from(config["process"], path, path), unet, f"{path} (EMA)")
+        unknown = sorted(set(config) - MODEL_DIR_KEYS)
+        if unknown:
+            raise UserError(
+                f"{path}/config.json: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
+                f"allowed: {', '.join(sorted(MODEL_DIR_KEYS))}"
+            )
+        process = _process_from(config["process"], path, path)
+        _check_fit(process, unet, path / "config.json")
+        return LoadedModel(process, unet, f"{path} (EMA)")
     if path.is_dir():
         file = ckpt.latest_checkpoint(path)
         if file is None:
@@ -79,7 +107,7 @@ def load_model(path: Path, ema: bool = True, device: torch.device | str = "cpu")
             )
     else:
         file = path
-    state, config = ckpt.load_checkpoint(file)
+    state, config = ckpt.load_checkpoint(file, ckpt.SAMPLE_PARTS if ema else ("model", "progress"))
     run_dir = file.parent.parent if file.parent.name == ckpt.CHECKPOINTS else file.parent
     process = _process_from(config.get("process", {}), file, run_dir)
     try:
@@ -99,10 +127,19 @@ def load_model(path: Path, ema: bool = True, device: torch.device | str = "cpu")
         raise UserError(
             f"{file}: weights do not fit the model config: {str(exc).splitlines()[0]}"
         ) from None
+    _check_fit(process, unet, file)
     step = state["progress"]["step"]
     return LoadedModel(
         process, unet.to(device).eval(), f"{file} (step {step}, {'EMA' if ema else 'raw'} weights)"
     )
+
+
+def sampler_config(steps: int, sampler: str, eta: float | None) -> SamplerConfig:
+    """--steps, --sampler (ddim or ddpm) and --eta as fdm-core's SamplerConfig, which
+    validates them."""
+    if sampler == "ddpm" and eta not in (None, 1.0):
+        raise UserError(f"--sampler ddpm means eta = 1; for eta = {eta} use --sampler ddim")
+    return SamplerConfig(steps=steps, eta=1.0 if sampler == "ddpm" else (eta or 0.0))
 
 
 def parse_stage_seeds(text: str | None, num_stages: int) -> dict[int, int]:
@@ -139,11 +176,13 @@ def generate(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     start: Start | None = None,
+    threads: ThreadTuner | None = None,
 ) -> Samples:
     """Samples number `indices` (noise seed ``seed + i``), `batch_size` at a time, with each
     stage's last clean prediction (for the stage strip).
 
-    With `start` (its signal holds one row per index), sampling is conditioned on it.
+    With `start` (its signal holds one row per index), sampling is conditioned on it. A
+    `threads` tuner times every sampler step (by stage) and adapts the CPU thread count.
     """
     xs: list[torch.Tensor] = []
     preds: list[list[torch.Tensor]] = []
@@ -152,6 +191,8 @@ def generate(
 
     def keep_last(stage: int, t: float, z: torch.Tensor, clean: torch.Tensor) -> None:
         stage_end[stage] = clean
+        if threads is not None:
+            threads.tick(stage)
 
     for first in range(indices.start, indices.stop, batch_size):
         last = min(indices.stop, first + batch_size)
@@ -160,6 +201,8 @@ def generate(
         if start is not None:
             part = Start(start.stage, start.signal[first - lo : last - lo].to(device), start.t)
         stage_end.clear()
+        if threads is not None:
+            threads.pause()  # the batch's setup is not a sampler step
         out = sample(
             model.process,
             model.unet,

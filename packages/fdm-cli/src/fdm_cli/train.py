@@ -37,6 +37,7 @@ from fdm_models import save_pretrained
 from . import checkpointing as ckpt
 from . import distributed as dist_
 from .config import TrainConfig, TrainOptions, bundle_run_assets
+from .errors import UserError
 from .progress import TrainProgress, graceful_stop
 from .run import Run, setup
 
@@ -65,6 +66,17 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
         fractions.append(elapsed_s / (opts.minutes * 60))
     frac = min(1.0, max(0.0, max(fractions)))
     return optim.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def diverged(loss: float, step: int, run_dir: Path) -> UserError:
+    """The error a NaN or infinite loss stops training with (raised before anything of that
+    step is saved, so the last checkpoint stays the last good one)."""
+    latest = ckpt.latest_checkpoint(run_dir)
+    kept = f"{latest.name} is kept" if latest is not None else "no checkpoint was written yet"
+    return UserError(
+        f"the loss is {loss} at step {step}: training stopped ({kept}); lower --lr or check "
+        "the data, then --resume or start over"
+    )
 
 
 def budget_spent(opts: TrainOptions, step: int, elapsed_s: float) -> bool:
@@ -212,6 +224,7 @@ def _train(
                 group["lr"] = lr
             x, generator = run.batch()
             stats = train_step(run, x, generator, autocast)
+            run.threads.tick()
             run.step += 1
             run.position += opts.batch_size
             stats.clock = (time.monotonic() - t_start) if main else 0.0
@@ -221,9 +234,7 @@ def _train(
             stats = stats.all_reduce(ctx)
             run.elapsed, last_loss = stats.clock, stats.loss
             if not math.isfinite(last_loss):
-                raise RuntimeError(
-                    f"the loss is {last_loss} at step {run.step}; lower --lr or check the data"
-                )
+                raise diverged(last_loss, run.step, run_dir)
             if main:
                 run.log.add(
                     run.step, last_loss, stats.stage_means(), lr, stats.grad_norm, run.elapsed
@@ -238,6 +249,7 @@ def _train(
                 run.checkpoint()
                 saved_step = run.step
                 run.write_images(f"step-{run.step:08d}.png", f"strip-{run.step:08d}.png")
+                run.threads.pause()  # not a training step
                 if main:
                     progress.note(
                         f"step {run.step}: loss {last_loss:.4f}; checkpoint and samples written"
@@ -274,3 +286,21 @@ def _train(
         f"{run_dir / ckpt.SAMPLES / 'final-strip.png'}, model: {run_dir / ckpt.MODEL_DIR}"
     )
     return TrainResult(run_dir, run.step, False, last_loss, wall, run.unet)
+
+
+def print_dry_run(cfg: TrainConfig, run_dir: Path, console: Console) -> None:
+    """The resolved config as YAML, then one comment line with the stages, the boundaries, the
+    UNet's size and RUN_DIR."""
+    from fdm_core import FDMProcess
+    from fdm_models import MultiStageUNet
+
+    process = FDMProcess(cfg.process)
+    params = sum(p.numel() for p in MultiStageUNet(cfg.model).parameters())
+    console.print(cfg.to_yaml(), end="", markup=False, highlight=False)
+    stages = ", ".join(f"{k}: {'x'.join(map(str, s))}" for k, s in enumerate(process.stage_shapes))
+    bounds = ", ".join(f"{b:.4g}" for b in process.boundaries)
+    console.print(
+        f"# stages {stages}; boundaries [{bounds}]; UNet {params / 1e6:.2f}M "
+        f"parameters; RUN_DIR {run_dir}",
+        markup=False,
+    )

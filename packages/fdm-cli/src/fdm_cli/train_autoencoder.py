@@ -49,9 +49,11 @@ from .distributed import resolve_device
 from .errors import UserError
 from .images import atomic_write_bytes, make_grid, save_png
 from .losslog import LossLog
+from .outputs import prepare_run_dir
 from .progress import TrainProgress, graceful_stop
 from .seeding import MODEL_INIT, TRAIN_STEP, derive_seed
-from .train import budget_spent, learning_rate
+from .threads import configure_threads
+from .train import budget_spent, diverged, learning_rate
 
 DEFAULT_RUN_DIR = Path("runs") / "autoencoder"
 RECONSTRUCTIONS = "reconstructions.png"
@@ -150,16 +152,17 @@ def _load_state(
     latest: Path, cfg: AutoencoderTrainConfig, model: Autoencoder, optimizer: torch.optim.Optimizer
 ) -> tuple[int, int, float]:
     """Load a checkpoint (refusing another model or data config): (step, position, elapsed)."""
-    state, saved = ckpt.load_checkpoint(latest)
+    state, saved = ckpt.load_checkpoint(latest, ("model", "optimizer", "rng", "progress"))
     ckpt.refuse_changed_config(latest, cfg.to_dict(), saved, ("model", "data"))
     if saved.get("train", {}).get("holdout") != cfg.train.holdout:
         raise UserError(
             f"--resume: --holdout {cfg.train.holdout} differs from the run's "
             f"{saved.get('train', {}).get('holdout')}; the held-out images must stay the same"
         )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(ckpt.optimizer_from_tree(state["optimizer"]))
-    ckpt.set_rng_state(state["rng"])
+    with ckpt.restoring(latest):
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(ckpt.optimizer_from_tree(state["optimizer"]))
+        ckpt.set_rng_state(state["rng"])
     progress = state["progress"]
     return int(progress["step"]), int(progress["position"]), float(progress["elapsed_s"])
 
@@ -197,16 +200,18 @@ def _train(
     t_wall: float,
 ) -> AutoencoderResult:
     opts = cfg.train
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+    threads = configure_threads(opts.threads, tune=device.type == "cpu")
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None and not resume:
         raise UserError(
             f"{run_dir} already holds a run ({latest.name}); pass --resume to "
             "continue it, or choose another --out"
         )
+    if stale := ckpt.sweep_stale_temporaries(run_dir):
+        console.print(f"removed {len(stale)} temporary file(s) an interrupted write left")
+    data = cfg.data
     dataset = load_dataset(
-        cfg.data.source, cfg.model.resolution, cfg.model.in_channels, cfg.data.fit
+        data.source, cfg.model.resolution, cfg.model.in_channels, data.fit, data.strict
     )
     n_train = _split(dataset, opts.holdout)
     torch.manual_seed(derive_seed(opts.seed, MODEL_INIT))
@@ -286,14 +291,13 @@ def _train(
                 model.parameters(), clip if clip > 0 else math.inf
             )
             optimizer.step()
+            threads.tick()
             step += 1
             position += opts.batch_size
             elapsed = time.monotonic() - t_start
             last_loss = float(out.total.detach())
             if not math.isfinite(last_loss):
-                raise RuntimeError(
-                    f"the loss is {last_loss} at step {step}; lower --lr or check the data"
-                )
+                raise diverged(last_loss, step, run_dir)
             log.add(
                 step,
                 last_loss,
@@ -310,6 +314,7 @@ def _train(
                 break
             if step % opts.checkpoint_every == 0:
                 checkpoint()
+                threads.pause()  # not a training step
                 saved_step = step
                 progress.note(f"step {step}: loss {last_loss:.4f}; checkpoint written")
         progress.finish(step, last_loss, interrupted)
@@ -393,6 +398,7 @@ def command(
     overrides: Sequence[str],
     out: Path | None,
     resume: bool,
+    overwrite: bool,
     dry_run: bool,
     show_progress: bool,
 ) -> AutoencoderResult | None:
@@ -407,4 +413,5 @@ def command(
     if dry_run:
         print_dry_run(cfg, run_dir, console)
         return None
+    prepare_run_dir(run_dir, overwrite, resume)
     return run_autoencoder_training(cfg, run_dir, resume, console, show_progress)

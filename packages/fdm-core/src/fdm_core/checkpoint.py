@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,30 +25,48 @@ from safetensors.torch import load_file, save
 CONFIG_KEY = "fdm_config"
 STATE_KEY = "fdm_state"
 _TENSOR = "__tensor__"
+MAX_DEPTH = 64  # deeper skeletons are refused (states nest a few levels: optimizer.state.0.x)
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, corrupt, or not an fdm checkpoint."""
 
 
+def file_mode(path: Path) -> int:
+    """The permissions a file written at `path` gets: those of the file it replaces, else what
+    ``open()`` would give a new file (0o666 less the umask)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any]:
     """Write to a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder.
 
-    A crash leaves either the old file or the new one, never a partial file.
+    A crash leaves either the old file or the new one, never a partial file. The file gets the
+    replaced file's permissions, or the umask's for a new one (not mkstemp's private 0600).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.strerror and exc.filename in (None, tmp):
+            exc.filename = str(path)  # name the file being written, not its temporary
         raise
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -87,8 +106,18 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[s
     return tensors, meta
 
 
-def _config(meta: dict[str, str]) -> dict[str, Any] | None:
-    return json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
+def _config(path: str | os.PathLike[str], meta: dict[str, str]) -> dict[str, Any] | None:
+    if CONFIG_KEY not in meta:
+        return None
+    try:
+        config = json.loads(meta[CONFIG_KEY])
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(
+            f"{path}: the config in its metadata is not valid JSON ({exc})"
+        ) from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the config in its metadata is not a JSON object")
+    return config
 
 
 def load_tensors(
@@ -96,7 +125,7 @@ def load_tensors(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read a file written by `save_tensors`: (tensors, config or None)."""
     tensors, meta = _read(path)
-    return tensors, _config(meta)
+    return tensors, _config(path, meta)
 
 
 def _flatten(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -113,16 +142,34 @@ def _flatten(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     raise TypeError(f"cannot store a {type(value).__name__} at {prefix!r} in a checkpoint")
 
 
-def _unflatten(node: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
-    if _TENSOR in node:
-        return tensors[node[_TENSOR]]
-    if "dict" in node:
-        return {k: _unflatten(v, tensors) for k, v in node["dict"]}
-    if "list" in node:
-        return [_unflatten(v, tensors) for v in node["list"]]
-    if "tuple" in node:
-        return tuple(_unflatten(v, tensors) for v in node["tuple"])
-    return node["value"]
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _unflatten(node: Any, tensors: dict[str, torch.Tensor], depth: int = 0) -> Any:
+    """Rebuild the structure from its skeleton; ValueError for anything `_flatten` cannot have
+    written (a damaged or hostile file)."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if not isinstance(node, dict) or len(node) != 1:
+        raise ValueError(f"a skeleton node must be a one-key object, not {str(node)[:40]!r}")
+    ((kind, value),) = node.items()
+    if kind == _TENSOR:
+        if not isinstance(value, str) or value not in tensors:
+            raise ValueError(f"it names a tensor {str(value)[:60]!r} the file does not hold")
+        return tensors[value]
+    if kind == "value":
+        if not _scalar(value):
+            raise ValueError(f"a leaf holds a {type(value).__name__}")
+        return value
+    if kind not in ("dict", "list", "tuple") or not isinstance(value, list):
+        raise ValueError(f"unknown skeleton node {kind!r}")
+    if kind == "dict":
+        if not all(isinstance(kv, list) and len(kv) == 2 and _scalar(kv[0]) for kv in value):
+            raise ValueError("a dict node must hold [key, value] pairs with scalar keys")
+        return {k: _unflatten(v, tensors, depth + 1) for k, v in value}
+    items = [_unflatten(v, tensors, depth + 1) for v in value]
+    return items if kind == "list" else tuple(items)
 
 
 def save_state(
@@ -135,10 +182,16 @@ def save_state(
 
 
 def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Inverse of `save_state`: (state, config or None)."""
+    """Inverse of `save_state`: (state, config or None). CheckpointError for a file it cannot
+    have written: not safetensors, no state, or a skeleton that is not valid (bad JSON, unknown
+    nodes, tensors the file does not hold, nesting deeper than MAX_DEPTH)."""
     tensors, meta = _read(path)
     if STATE_KEY not in meta:
         raise CheckpointError(
             f"{path} holds tensors but no fdm state (was it written by save_state?)"
         )
-    return _unflatten(json.loads(meta[STATE_KEY]), tensors), _config(meta)
+    try:
+        state = _unflatten(json.loads(meta[STATE_KEY]), tensors)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path}: damaged state metadata: {exc}") from None
+    return state, _config(path, meta)

@@ -321,7 +321,7 @@ def load_autoencoder(
             f"{CLASS_NAME}"
         )
     config = AutoencoderConfig.model_validate(document[AUTOENCODER_KEY])
-    return load_weights(Autoencoder(config), directory, device, CLASS_NAME)
+    return load_weights(lambda: Autoencoder(config), directory, device, CLASS_NAME)
 
 
 def is_autoencoder_dir(path: str | os.PathLike[str]) -> bool:

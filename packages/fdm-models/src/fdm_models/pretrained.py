@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
@@ -111,18 +113,29 @@ def read_model_config(directory: str | os.PathLike[str], key: str, writer: str) 
     return config
 
 
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes in a safetensors file's header (no tensor is read); a
+    ValueError naming the file when it is not a readable safetensors file."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+
+
 def check_weights(
-    model: nn.Module, tensors: dict[str, torch.Tensor], source: Path, what: str = "UNet"
+    model: nn.Module, shapes: dict[str, tuple[int, ...]], source: Path, what: str = "UNet"
 ) -> None:
     """Raise :class:`WeightsMismatchError` naming every missing, unexpected or mis-shaped key
-    of `tensors` against ``model.state_dict()`` (`what` names the model in the message)."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    of `shapes` (name -> shape) against ``model.state_dict()`` (`what` names the model in the
+    message). The model may live on the meta device: only its shapes are read."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     mismatched = [
-        f"{name}: file {tuple(tensors[name].shape)} vs config {tuple(expected[name].shape)}"
-        for name in sorted(set(expected) & set(tensors))
-        if tensors[name].shape != expected[name].shape
+        f"{name}: file {tuple(shapes[name])} vs config {expected[name]}"
+        for name in sorted(set(expected) & set(shapes))
+        if tuple(shapes[name]) != expected[name]
     ]
     if missing or unexpected or mismatched:
         problems = []
@@ -138,15 +151,26 @@ def check_weights(
 
 
 def load_weights(
-    model: ModelT, directory: Path, device: torch.device | str, what: str = "UNet"
+    build: Callable[[], ModelT], directory: Path, device: torch.device | str, what: str = "UNet"
 ) -> ModelT:
-    """Load ``directory/model.safetensors`` into `model` after `check_weights`; returns it on
-    `device` in eval mode."""
+    """``build()`` the model and load ``directory/model.safetensors`` into it; returns it on
+    `device` in eval mode.
+
+    The file's header is checked against a copy built on the meta device first
+    (`check_weights`), so a config that does not fit the weights, however large it claims the
+    model to be, is refused before any parameter memory is allocated.
+    """
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} does not exist")
-    tensors = load_file(weights, device=str(torch.device(device)))
-    check_weights(model, tensors, weights, what)
+    shapes = weight_shapes(weights)
+    with torch.device("meta"):
+        check_weights(build(), shapes, weights, what)
+    try:
+        tensors = load_file(weights, device=str(torch.device(device)))
+    except (SafetensorError, OSError) as exc:  # a header that lies about the data
+        raise ValueError(f"{weights} is not a readable safetensors file: {exc}") from None
+    model = build()
     model.load_state_dict(tensors)
     model.to(device)
     return model.eval()
@@ -163,4 +187,4 @@ def from_pretrained(
     """
     directory = Path(directory)
     config = UNetConfig.model_validate(load_pretrained_config(directory)[UNET_KEY])
-    return load_weights(MultiStageUNet(config), directory, device)
+    return load_weights(lambda: MultiStageUNet(config), directory, device)

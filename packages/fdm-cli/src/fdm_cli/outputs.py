@@ -1,0 +1,73 @@
+"""What a command may write over: nothing the user has, unless asked with ``--overwrite``, and
+never one of the command's own inputs, even then.
+
+Every command checks all its output paths here before it does any work, so a refusal costs
+nothing and leaves every file as it was. (Like the Hugging Face training scripts, which refuse a
+non-empty output folder without ``--overwrite_output_dir``.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from . import checkpointing as ckpt
+from .errors import UserError
+
+MODEL_SUFFIXES = (".safetensors", ".json", ".yaml", ".yml")  # what load_model may read
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def model_inputs(model: Path) -> list[Path]:
+    """The files sampling from `model` (a RUN_DIR, MODEL_DIR or checkpoint) may read."""
+    if not model.is_dir():
+        return [model]
+    return [p for p in model.rglob("*") if p.suffix in MODEL_SUFFIXES or p.name == ckpt.LATEST]
+
+
+def check_outputs(
+    targets: Iterable[Path], overwrite: bool, inputs: Iterable[Path] = (), flag: str = "--out"
+) -> None:
+    """Refuse (UserError) a target that is one of `inputs` (always) or that exists (unless
+    `overwrite`): the first such target is named, with how many more there are."""
+    targets, inputs = list(targets), list(inputs)
+    for target in targets:
+        if any(_same(target, source) for source in inputs):
+            raise UserError(
+                f"{target} is one of this command's inputs: choose another {flag} "
+                "(outputs never replace inputs, even with --overwrite)"
+            )
+    if overwrite:
+        return
+    existing = [t for t in targets if os.path.lexists(t)]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise UserError(
+            f"{existing[0]} already exists{more}: pass --overwrite to replace it, or choose "
+            f"another {flag}"
+        )
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    """A new run writes into a missing or empty RUN_DIR. One that holds files needs --resume
+    (it has a checkpoint; the training commands say so) or --overwrite (then its old checkpoints
+    are deleted, so they can never be mixed with the new run's; other files are replaced as the
+    new run writes them)."""
+    if resume or not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    if overwrite:
+        shutil.rmtree(run_dir / ckpt.CHECKPOINTS, ignore_errors=True)  # DDP: every rank may
+        return
+    if ckpt.latest_checkpoint(run_dir) is None:
+        raise UserError(
+            f"{run_dir} is not empty and holds no checkpoint to resume: pass --overwrite to "
+            "write the new run into it (its files are replaced), or choose another --out"
+        )
