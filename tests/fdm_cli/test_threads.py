@@ -75,6 +75,17 @@ def test_a_busy_process_moves_it_to_fewer_threads_within_seconds() -> None:
     assert seconds <= 1000 * BUSY[1] + 25  # found within seconds, not after a 160 s period
 
 
+def test_a_probe_that_is_far_slower_ends_after_one_step() -> None:
+    """Beside a process that spins its own OpenMP threads, a step with every core can take 20x
+    longer (seen in a README run beside the quality benchmark): catches a probe that runs all
+    its steps however slow the first one was."""
+    m = FakeMachine({2: 17.0, 1: 0.85})
+    tuner = tuner_on(m)
+    seconds = m.run(tuner, 1000)
+    assert tuner.best == 1
+    assert seconds <= 1.3 * 1000 * 0.85 + 3 * 17.0  # the start at 2 threads, then short probes
+
+
 def test_it_returns_to_every_core_when_the_machine_is_quiet_again() -> None:
     m = FakeMachine(BUSY)
     tuner = tuner_on(m)

@@ -15,7 +15,9 @@ Pinned counts (no tuning, and bit-identical floating point from run to run):
 The tuner runs the work with the current best count (every core at first). 3 s after it starts,
 then every `period` seconds (10 s, doubling up to 160 s while the best stays best) or as soon as
 the step time grows by 30%, it runs a few steps with a neighbouring count, and switches if those
-are at least 10% faster. Steps are compared only with steps of the same kind (`key`: a sampler
+are at least 10% faster; a probe step 4 times slower than the best ends the probe at once (beside
+another process that spins OpenMP threads too, one oversubscribed step can take 20 times
+longer). Steps are compared only with steps of the same kind (`key`: a sampler
 stage, whose cost differs), by their medians, so that the slower first step after a change (the
 thread pool resizes) does not decide.
 """
@@ -66,12 +68,14 @@ class ThreadTuner:
         probe_steps: int = 3,
         margin: float = 0.10,
         slowdown: float = 1.30,
+        abort: float = 4.0,
         clock: Callable[[], float] = time.perf_counter,
         set_threads: Callable[[int], None] = torch.set_num_threads,
     ) -> None:
         self.counts = sorted(set(counts), reverse=True)
         self.min_period, self.max_period = min_period, max_period
         self.probe_steps, self.margin, self.slowdown = probe_steps, margin, slowdown
+        self.abort = abort
         self.clock, self._set = clock, set_threads
         self.best = self.counts[0]
         self.switches = 0  # how often the best count changed (for logs and tests)
@@ -102,8 +106,9 @@ class ThreadTuner:
             return
         if self._probing is not None:
             self._probe[key].append(now - last)
-            if sum(map(len, self._probe.values())) >= self.probe_steps:
-                self._finish_probe(now)
+            losing = bool(self._times[key]) and now - last > self.abort * self._recent(key)
+            if losing or sum(map(len, self._probe.values())) >= self.probe_steps:
+                self._finish_probe(now)  # a step `abort` times slower decides at once
             return
         times = self._times[key]
         times.append(now - last)
