@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,8 +20,11 @@ from fdm_models import (
 
 
 @pytest.fixture(autouse=True)
-def _no_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_env_override(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("FDM_ATTENTION", raising=False)
+    attention_module.xformers_failure.cache_clear()  # each test brings its own xformers
+    yield
+    attention_module.xformers_failure.cache_clear()
 
 
 @pytest.fixture
@@ -40,6 +44,23 @@ def fake_xformers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, .
     monkeypatch.setitem(sys.modules, "xformers.ops", ops)
     monkeypatch.setattr(attention_module, "_device_supports_xformers", lambda device: True)
     return calls
+
+
+@pytest.fixture
+def flash_only_xformers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in ``xformers.ops`` that imports but, like a flash-only or wrong-ABI build, has no
+    operator for fp32 inputs (the dispatcher's NotImplementedError)."""
+
+    def memory_efficient_attention(q, k, v):
+        if q.dtype == torch.float32:
+            raise NotImplementedError("No operator found for `memory_efficient_attention_forward`")
+        return v
+
+    ops = types.ModuleType("xformers.ops")
+    ops.memory_efficient_attention = memory_efficient_attention
+    monkeypatch.setitem(sys.modules, "xformers", types.ModuleType("xformers"))
+    monkeypatch.setitem(sys.modules, "xformers.ops", ops)
+    monkeypatch.setattr(attention_module, "_device_supports_xformers", lambda device: True)
 
 
 @pytest.fixture
@@ -85,7 +106,8 @@ def test_auto_is_sdpa_on_cpu() -> None:
 def test_xformers_dispatch_uses_blhd_layout(fake_xformers) -> None:
     q, k, v = _qkv(batch=2, heads=3, length=17, dim=8)
     out = dot_product_attention(q, k, v, "xformers")
-    ((xq, xk, xv),) = fake_xformers
+    probe, (xq, xk, xv) = fake_xformers  # the first call is the cached can-it-run probe
+    assert probe[0].shape == (1, 8, 1, 8)
     assert xq.shape == (2, 17, 3, 8)  # (B, L, H, D)
     torch.testing.assert_close(xq, q.transpose(1, 2))
     torch.testing.assert_close(xk, k.transpose(1, 2))
@@ -95,8 +117,27 @@ def test_xformers_dispatch_uses_blhd_layout(fake_xformers) -> None:
 
 def test_auto_prefers_xformers_when_usable(fake_xformers) -> None:
     assert resolve_attention_backend("auto", "cpu") == "xformers"
+    assert len(fake_xformers) == 1  # the one probe call, cached from here on
     dot_product_attention(*_qkv(), "auto")
-    assert len(fake_xformers) == 1
+    dot_product_attention(*_qkv(), "auto")
+    assert len(fake_xformers) == 3
+
+
+def test_auto_falls_back_where_xformers_imports_but_cannot_run(
+    flash_only_xformers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bug caught: choosing xformers because it imports. A wheel built for another torch/CUDA
+    (seen on an H200) or a flash-only build then fails at the first attention call."""
+    assert resolve_attention_backend("auto", "cpu", torch.float16) == "xformers"
+    assert resolve_attention_backend("auto", "cpu", torch.float32) == "sdpa"
+    assert "xformers cannot run on cpu float32 tensors (NotImplementedError: No operator" in (
+        caplog.text
+    )
+    q, k, v = _qkv()
+    expected = dot_product_attention(q, k, v, "math")
+    torch.testing.assert_close(dot_product_attention(q, k, v, "auto"), expected)
+    with pytest.raises(AttentionBackendError, match=r"requested but xformers cannot run on cpu"):
+        dot_product_attention(q, k, v, "xformers")
 
 
 def test_forcing_xformers_without_it_raises(no_xformers) -> None:
@@ -134,10 +175,28 @@ def test_invalid_values_list_the_allowed_ones(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_auto_runs_and_matches_math_on_cuda(dtype: torch.dtype) -> None:
+    """Whatever xformers is installed (none, working, or broken), 'auto' must run."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    q, k, v = _qkv(length=77, dim=64, dtype=dtype, device="cuda")
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(
+        dot_product_attention(q, k, v, "auto"),
+        dot_product_attention(q, k, v, "math"),
+        rtol=tolerance,
+        atol=tolerance,
+    )
+
+
+@pytest.mark.cuda
 def test_real_xformers_matches_math_on_cuda() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     pytest.importorskip("xformers.ops")
+    if reason := attention_module.xformers_failure(torch.device("cuda"), torch.float16):
+        pytest.skip(reason)
     q, k, v = _qkv(length=77, dim=64, dtype=torch.float16, device="cuda")
     assert resolve_attention_backend("auto", "cuda") == "xformers"
     torch.testing.assert_close(

@@ -70,7 +70,7 @@ def environment() -> dict[str, Any]:
     """Versions of python, torch, triton, xformers and the fdm packages; CUDA and attention."""
     import torch
 
-    from fdm_models import resolve_attention_backend, xformers_available
+    from fdm_models import resolve_attention_backend, xformers_available, xformers_failure
 
     cuda = torch.cuda.is_available()
     count = torch.cuda.device_count() if cuda else 0
@@ -79,6 +79,9 @@ def environment() -> dict[str, Any]:
     for device in ["cpu"] + (["cuda"] if cuda else []):
         try:
             attention[device] = resolve_attention_backend("auto", device)
+            reason = xformers_failure(torch.device(device)) if xformers_available() else None
+            if device == "cuda" and reason:  # installed, but auto cannot use it: say why
+                attention[device] += f" ({reason})"
         except Exception as exc:  # report, never fail: this is a diagnostic command
             attention[device] = f"error: {exc}"
     table = plugin_table()

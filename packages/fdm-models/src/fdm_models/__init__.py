@@ -10,6 +10,7 @@ from .attention import (
     dot_product_attention,
     resolve_attention_backend,
     xformers_available,
+    xformers_failure,
 )
 from .autoencoder import (
     Autoencoder,
@@ -50,4 +51,5 @@ __all__ = [
     "save_pretrained",
     "unwrap_model",
     "xformers_available",
+    "xformers_failure",
 ]

@@ -3,9 +3,12 @@
 ``math`` is the reference softmax(Q K^T / sqrt(d)) V, ``sdpa`` is
 :func:`torch.nn.functional.scaled_dot_product_attention` (every device), ``xformers`` is
 ``xformers.ops.memory_efficient_attention`` (CUDA only, optional extra ``fdm-models[xformers]``)
-and ``auto`` picks xformers on CUDA when it is importable, sdpa otherwise. The model config names
-the backend; the environment variable ``FDM_ATTENTION`` overrides it. Forcing ``xformers`` where
-it cannot run is an error, never a silent fallback.
+and ``auto`` picks xformers where its kernels run for the device and dtype, sdpa otherwise.
+"Run" is checked by one tiny call per (device, dtype): an xformers wheel built for another torch
+or CUDA imports fine and fails only at its first call (xformers 0.0.35, built for torch 2.10+cu128,
+under torch 2.11+cu130 on an H200, 2026-11-27), and its flash kernels take no fp32. The model
+config names the backend; the environment variable ``FDM_ATTENTION`` overrides it. Forcing
+``xformers`` where it cannot run is an error, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -52,13 +55,38 @@ def _xformers_ops() -> ModuleType | None:
 
 
 def xformers_available() -> bool:
-    """Whether ``xformers.ops`` imports."""
+    """Whether ``xformers.ops`` imports (it may still be unable to run: see `xformers_failure`)."""
     return _xformers_ops() is not None
 
 
 def _device_supports_xformers(device: torch.device) -> bool:
     """xformers has no CPU kernels: only CUDA devices qualify."""
     return device.type == "cuda"
+
+
+@functools.cache
+def xformers_failure(device: torch.device, dtype: torch.dtype = torch.float32) -> str | None:
+    """Why xformers cannot run attention on ``device`` in ``dtype``, or None when it can.
+
+    Cached per (device, dtype); the first call on a CUDA device runs one (1, 8, 1, 8) attention.
+    """
+    xops = _xformers_ops()
+    if xops is None:
+        return "xformers.ops is not importable (install fdm-models[xformers] with a CUDA torch)"
+    if not _device_supports_xformers(device):
+        return f"it needs CUDA tensors, got device {device.type!r} (xformers has no CPU kernels)"
+    probe = torch.zeros(1, 8, 1, 8, device=device, dtype=dtype)
+    try:
+        xops.memory_efficient_attention(probe, probe, probe)
+    except Exception as error:  # its dispatcher's NotImplementedError, or a CUDA/ABI error
+        first_line = next(iter(str(error).strip().splitlines()), "")
+        reason = (
+            f"xformers cannot run on {device.type} {str(dtype).removeprefix('torch.')} "
+            f"tensors ({type(error).__name__}: {first_line})"
+        )
+        logger.warning("%s; attention 'auto' uses sdpa there", reason)
+        return reason
+    return None
 
 
 def requested_attention_backend(configured: str = "auto") -> str:
@@ -74,30 +102,27 @@ def requested_attention_backend(configured: str = "auto") -> str:
     return value
 
 
-def resolve_attention_backend(configured: str = "auto", device: torch.device | str = "cpu") -> str:
-    """The concrete backend (``sdpa``, ``math`` or ``xformers``) that runs on ``device``.
+def resolve_attention_backend(
+    configured: str = "auto",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> str:
+    """The concrete backend (``sdpa``, ``math`` or ``xformers``) that runs on ``device`` in
+    ``dtype``.
 
     ``configured`` is the model config's choice, overridden by ``FDM_ATTENTION``. Raises
-    :class:`AttentionBackendError` when ``xformers`` is forced but is not importable or the
-    device is not CUDA. ``fdm env`` prints this for the current device.
+    :class:`AttentionBackendError` when ``xformers`` is forced but cannot run here (see
+    `xformers_failure`). ``fdm env`` prints this for the current device.
     """
     device = torch.device(device)
     backend = requested_attention_backend(configured)
     if backend == "auto":
-        usable = _device_supports_xformers(device) and xformers_available()
-        return "xformers" if usable else "sdpa"
-    if backend == "xformers":
-        if not xformers_available():
-            raise AttentionBackendError(
-                "attention backend 'xformers' was requested but xformers.ops is not importable "
-                "(install fdm-models[xformers] with a CUDA torch); allowed values: "
-                f"{', '.join(ATTENTION_BACKENDS)}"
-            )
-        if not _device_supports_xformers(device):
-            raise AttentionBackendError(
-                f"attention backend 'xformers' needs CUDA tensors, got device {device.type!r} "
-                f"(xformers has no CPU kernels); allowed values: {', '.join(ATTENTION_BACKENDS)}"
-            )
+        return "sdpa" if xformers_failure(device, dtype) else "xformers"
+    if backend == "xformers" and (reason := xformers_failure(device, dtype)):
+        raise AttentionBackendError(
+            f"attention backend 'xformers' was requested but {reason}; allowed values: "
+            f"{', '.join(ATTENTION_BACKENDS)}"
+        )
     return backend
 
 
@@ -111,7 +136,7 @@ def dot_product_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto"
 ) -> torch.Tensor:
     """Multi-head attention on (B, H, L, D) tensors with the resolved ``backend``."""
-    resolved = resolve_attention_backend(backend, q.device)
+    resolved = resolve_attention_backend(backend, q.device, q.dtype)
     if resolved == "math":
         return math_attention(q, k, v)
     if resolved == "sdpa":
