@@ -13,7 +13,9 @@ stage boundary when sampling:
   noises it afresh.
 
 Parameters of concrete transforms are validated by pydantic: subclass `TransformParams` and set
-`Params` on the transform class; `to_config()` then round-trips through the registry.
+`Params` on the transform class; `to_config()` then round-trips through the registry. Shapes are
+checked with `validate_shape` (in `out_shape`) and `validate_batch` (in `encode` and `decode`),
+which raise a one-line ValueError naming the shape.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from enum import Enum
 from math import prod
+from numbers import Integral
 from typing import Any, ClassVar
 
 import torch
@@ -75,6 +78,26 @@ class SignalTransform(ABC):
     def decode(self, y: torch.Tensor) -> torch.Tensor:
         """g: stage k+1 -> stage k."""
 
+    def validate_shape(self, shape: Shape) -> tuple[int, int, int]:
+        """`shape` as ``(C, H, W)``; ValueError unless it is three positive integers."""
+        dims = _dims(shape)
+        if dims is None or len(dims) != 3 or min(dims) < 1:
+            shown = repr(shape) if dims is None else str(dims)
+            raise ValueError(
+                f"{self!r} takes a per-sample shape (C, H, W) of three positive integers, "
+                f"got {shown}"
+            )
+        return dims[0], dims[1], dims[2]
+
+    def validate_batch(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """The per-sample shape of `x`; ValueError unless `x` is ``(B, C, H, W)``, C, H, W >= 1."""
+        if x.dim() != 4 or min(x.shape[1:]) < 1:
+            raise ValueError(
+                f"{self!r} takes a batch of shape (B, C, H, W) with C, H, W >= 1, got a tensor "
+                f"of shape {tuple(x.shape)}"
+            )
+        return self.validate_shape(tuple(x.shape[1:]))
+
     def dim_ratio(self, shape: Shape) -> float:
         """d_{k+1} / d_k for an input of shape `shape`."""
         return prod(self.out_shape(shape)) / prod(shape)
@@ -91,3 +114,14 @@ class SignalTransform(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._param_values().items())
         return f"{type(self).__name__}({args})"
+
+
+def _dims(shape: object) -> tuple[int, ...] | None:
+    """`shape` as a tuple of ints, or None if it is not a sequence of integers."""
+    try:
+        dims = tuple(shape)  # type: ignore[call-overload]
+    except TypeError:
+        return None
+    if not all(isinstance(d, Integral) and not isinstance(d, bool) for d in dims):
+        return None
+    return tuple(int(d) for d in dims)

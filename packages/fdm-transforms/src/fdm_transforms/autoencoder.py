@@ -36,6 +36,8 @@ from fdm_core import AssetPath, Boundary, Shape, SignalTransform, TransformParam
 
 DIFFUSERS_CLASSES = ("AutoencoderKL", "AutoencoderTiny", "VQModel")
 EXTRA_HINT = "pip install 'fdm-transforms[diffusers]'"
+# Smallest latent side of an fdm autoencoder: its GroupNorms refuse a 1x1 map of one image.
+MIN_LATENT = 2
 
 
 class AutoencoderParams(TransformParams):
@@ -57,6 +59,7 @@ class _Network:
     latent_channels: int | None
     description: str
     copies: dict[tuple[torch.device, torch.dtype], nn.Module] = field(default_factory=dict)
+    probed: dict[Shape, Shape] = field(default_factory=dict)  # input -> latent shape (probes)
 
     def on(self, like: torch.Tensor) -> nn.Module:
         """The frozen network on `like`'s device and dtype (copied once per pair)."""
@@ -77,7 +80,7 @@ class AutoencoderTransform(SignalTransform):
         self.network = _load(str(folder.resolve()), _stamp(folder))
 
     def out_shape(self, shape: Shape) -> Shape:
-        channels, height, width = shape
+        channels, height, width = self.validate_shape(shape)
         net = self.network
         if channels != net.in_channels:
             raise ValueError(
@@ -89,18 +92,60 @@ class AutoencoderTransform(SignalTransform):
                     f"{net.description} down-samples by {net.factor}, which must divide the "
                     f"stage size {height}x{width}"
                 )
+            side = MIN_LATENT * net.factor
+            if min(height, width) < side:
+                raise ValueError(
+                    f"{net.description} needs images of at least {side}x{side} (a latent of at "
+                    f"least {MIN_LATENT}x{MIN_LATENT}), got {height}x{width}"
+                )
             return (net.latent_channels, height // net.factor, width // net.factor)
-        with torch.no_grad():
-            return tuple(self.encode(torch.zeros(1, channels, height, width)).shape[1:])
+        return _probe(net, (channels, height, width))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.out_shape(self.validate_batch(x))
         return self.network.encode(self.network.on(x), x).to(x.dtype)
 
     def decode(self, y: torch.Tensor) -> torch.Tensor:
-        return self.network.decode(self.network.on(y), y).to(y.dtype)
+        channels, height, width = self.validate_batch(y)
+        net = self.network
+        if net.latent_channels is not None and channels != net.latent_channels:
+            raise ValueError(
+                f"{net.description} decodes {net.latent_channels}-channel latents, got {channels}"
+            )
+        if net.factor is not None and min(height, width) < MIN_LATENT:
+            raise ValueError(
+                f"{net.description} decodes latents of at least {MIN_LATENT}x{MIN_LATENT}, "
+                f"got {height}x{width}"
+            )
+        return net.decode(net.on(y), y).to(y.dtype)
 
     def __repr__(self) -> str:
         return f"AutoencoderTransform({self.network.description})"
+
+
+def _probe(net: _Network, shape: Shape) -> Shape:
+    """The latent shape of a `shape` image, found by encoding and decoding zeros (once per
+    shape); ValueError if the network fails on it or does not give that shape back."""
+    if shape not in net.probed:
+        channels, height, width = shape
+        zeros = torch.zeros(1, *shape, dtype=next(net.module.parameters()).dtype)
+        try:
+            with torch.no_grad():
+                latent = net.encode(net.module, zeros)
+                back = net.decode(net.module, latent)
+        except (RuntimeError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(
+                f"{net.description} cannot take a {channels}x{height}x{width} image: {reason}"
+            ) from None
+        if tuple(back.shape[1:]) != shape:
+            got = "x".join(map(str, back.shape[1:]))
+            raise ValueError(
+                f"{net.description} decodes the latent of a {channels}x{height}x{width} image "
+                f"to {got}: height and width must be multiples of its down-sampling factor"
+            )
+        net.probed[shape] = tuple(latent.shape[1:])
+    return net.probed[shape]
 
 
 def _model_folder(path: Path) -> Path:
@@ -185,6 +230,15 @@ def _load_diffusers(path: Path, class_name: str) -> _Network:
     def decode(m: nn.Module, y: torch.Tensor) -> torch.Tensor:
         return m.decode(y / scale + shift).sample
 
+    latent_channels = getattr(cfg, "latent_channels", None)
+    if class_name == "VQModel":  # its latent is the quant_conv output
+        latent_channels = getattr(cfg, "vq_embed_dim", None) or latent_channels
     return _Network(
-        model, encode, decode, int(cfg.in_channels), None, None, f"the {class_name} {path}"
+        model,
+        encode,
+        decode,
+        int(cfg.in_channels),
+        None,
+        None if latent_channels is None else int(latent_channels),
+        f"the {class_name} {path}",
     )

@@ -9,6 +9,7 @@ sigma = 0 (or size = 1) is the identity, so a zero-blur chain reduces to a plain
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -21,14 +22,27 @@ from fdm_models.ops import blur_separable
 
 class BlurParams(TransformParams):
     kind: Literal["gaussian", "uniform"] = "gaussian"
-    sigma: float = Field(1.0, ge=0.0, description="gaussian standard deviation in pixels")
+    sigma: float = Field(
+        1.0, ge=0.0, allow_inf_nan=False, description="gaussian standard deviation in pixels"
+    )
     size: int = Field(3, ge=1, description="uniform (box) kernel length, odd")
 
     @model_validator(mode="after")
-    def _odd(self) -> BlurParams:
+    def _check(self) -> BlurParams:
         if self.kind == "uniform" and self.size % 2 == 0:
             raise ValueError(f"size must be an odd kernel length for kind=uniform, got {self.size}")
+        if not math.isfinite(3.0 * self.sigma):
+            raise ValueError(
+                f"sigma = {self.sigma:g} is too large: the kernel radius 3 sigma must be finite"
+            )
         return self
+
+    @property
+    def radius(self) -> int:
+        """Half the kernel length, known without building the kernel."""
+        if self.kind == "uniform":
+            return self.size // 2
+        return math.ceil(3.0 * self.sigma) if self.sigma > 0.0 else 0
 
 
 def blur_kernel(kind: str, sigma: float = 1.0, size: int = 3) -> torch.Tensor:
@@ -48,26 +62,30 @@ class BlurTransform(SignalTransform):
     boundary = Boundary.IDENTITY
     Params = BlurParams
 
-    def __init__(self, **params: object) -> None:
-        super().__init__(**params)
+    @functools.cached_property
+    def kernel(self) -> torch.Tensor:
+        """The 1-D kernel, built on first use (out_shape refuses one larger than the stage)."""
         p = self.params
-        self.kernel = blur_kernel(p.kind, p.sigma, p.size)
+        return blur_kernel(p.kind, p.sigma, p.size)
 
     def out_shape(self, shape: Shape) -> Shape:
-        radius = self.kernel.numel() // 2
-        if radius >= min(shape[1:]):
+        channels, height, width = self.validate_shape(shape)
+        radius = self.params.radius
+        if radius >= min(height, width):
             raise ValueError(
-                f"blur kernel radius {radius} needs a stage larger than {shape[1]}x{shape[2]} "
-                "for reflect padding"
+                f"blur kernel radius {radius} needs a stage larger than {radius}x{radius} for "
+                f"reflect padding (height and width at least {radius + 1}), got {height}x{width}"
             )
-        return tuple(shape)
+        return (channels, height, width)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel.numel() == 1:
+        self.out_shape(self.validate_batch(x))
+        if self.params.radius == 0:
             return x
         return blur_separable(x, self.kernel)
 
     def decode(self, y: torch.Tensor) -> torch.Tensor:
+        self.validate_batch(y)
         return y
 
     def to_config(self) -> dict[str, object]:

@@ -24,16 +24,19 @@ class DownsampleTransform(SignalTransform):
     Params = DownsampleParams
 
     def out_shape(self, shape: Shape) -> Shape:
-        channels, height, width = shape
+        channels, height, width = self.validate_shape(shape)
         factor = self.params.factor
         if height % factor or width % factor:
             raise ValueError(
-                f"downsample factor {factor} must divide the stage size {height}x{width}"
+                f"downsample factor {factor} must divide the stage size {height}x{width}; "
+                f"height and width must be multiples of {factor}"
             )
         return (channels, height // factor, width // factor)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.out_shape(self.validate_batch(x))
         return downsample_mean(x, self.params.factor)
 
     def decode(self, y: torch.Tensor) -> torch.Tensor:
+        self.validate_batch(y)
         return upsample_nearest(y, self.params.factor)

@@ -13,10 +13,12 @@ class IdentityTransform(SignalTransform):
     boundary = Boundary.IDENTITY
 
     def out_shape(self, shape: Shape) -> Shape:
-        return tuple(shape)
+        return self.validate_shape(shape)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.validate_batch(x)
         return x
 
     def decode(self, y: torch.Tensor) -> torch.Tensor:
+        self.validate_batch(y)
         return y
