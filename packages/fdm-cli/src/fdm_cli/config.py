@@ -78,6 +78,9 @@ class OptimConfig(AdamWConfig):
     )
 
 
+NONFINITE_LIMIT = 20  # train.nonfinite=skip: this many non-finite batches in a row still stop
+
+
 class LoopOptions(Section):
     """A training loop's length, device, seeding and checkpoints (shared by `fdm train` and
     `fdm train-autoencoder`)."""
@@ -95,6 +98,12 @@ class LoopOptions(Section):
     log_every: int = Field(10, gt=0, description="progress/CSV flush interval in steps")
     checkpoint_every: int = Field(500, gt=0, description="checkpoint + sample images every N steps")
     keep_checkpoints: int = Field(2, gt=0, description="keep the last K checkpoints")
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="a NaN/inf loss or gradient norm: 'stop' training (the last checkpoint is "
+        "kept), or 'skip' the batch with a warning (no update; max_steps counts good steps; "
+        f"{NONFINITE_LIMIT} such batches in a row stop training; fdm_cli.nonfinite)",
+    )
 
     @model_validator(mode="after")
     def _budget(self) -> LoopOptions:

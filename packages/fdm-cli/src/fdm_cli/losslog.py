@@ -1,8 +1,10 @@
 """The loss record of a run: ``RUN_DIR/loss.csv`` (one row per step) and ``RUN_DIR/loss.png``.
 
-Columns: ``step, loss, loss_stage0 .. loss_stageK, lr, grad_norm, elapsed_s``. Floats are written
-with full precision (``repr``), so two runs can be compared exactly. A resumed run first cuts
-the file back to the checkpoint's step, then appends; a torn last line is dropped.
+Columns: ``step, loss, loss_stage0 .. loss_stageK, lr, grad_norm, elapsed_s`` (for
+`fdm train-autoencoder`, `AutoencoderLossLog`: reconstruction and regularization in place of the
+stages). Floats are written with full precision (``repr``), so two runs can be compared exactly.
+A resumed run first cuts the file back to the checkpoint's step, then appends; a torn last line
+is dropped.
 """
 
 from __future__ import annotations
@@ -74,6 +76,28 @@ class LossLog:
         series = {"loss": [r[1] for r in self.rows]}
         for k in range(self.num_stages):
             series[f"stage {k}"] = [r[2 + k] for r in self.rows]
+        save_png(loss_curve(steps, series), path)
+
+
+class AutoencoderLossLog(LossLog):
+    """``loss.csv`` with columns step, loss, reconstruction, regularization, lr, grad_norm,
+    elapsed_s (`LossLog` with two named loss columns in place of the per-stage ones)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, 0)
+        self.header = [
+            "step",
+            "loss",
+            "reconstruction",
+            "regularization",
+            "lr",
+            "grad_norm",
+            "elapsed_s",
+        ]
+
+    def save_plot(self, path: Path) -> None:
+        steps = [int(r[0]) for r in self.rows]
+        series = {"loss": [r[1] for r in self.rows], "reconstruction": [r[2] for r in self.rows]}
         save_png(loss_curve(steps, series), path)
 
 

@@ -10,7 +10,8 @@ Exact commands::
 
 Each step: a batch at stream position p (a pure function of seed and p, see `fdm_cli.data`),
 noise and t from a generator seeded by (seed, step, rank), `diffusion_loss` (t stratified so every
-stage appears), AdamW with warm-up, gradient clipping, then an EMA update. Every
+stage appears), AdamW with warm-up, gradient clipping, then an EMA update. A NaN or infinite
+loss stops the run, or with ``train.nonfinite: skip`` drops that batch (`fdm_cli.nonfinite`). Every
 ``train.checkpoint_every`` steps rank 0 writes a checkpoint, a sample grid and a stage strip.
 SIGINT/SIGTERM finish the current step, write a checkpoint and stop (continue with --resume).
 
@@ -37,7 +38,7 @@ from fdm_models import save_pretrained
 from . import checkpointing as ckpt
 from . import distributed as dist_
 from .config import TrainConfig, TrainOptions, bundle_run_assets
-from .errors import UserError
+from .nonfinite import NonfiniteGuard, diverged
 from .progress import TrainProgress, graceful_stop
 from .run import Run, setup
 
@@ -68,17 +69,6 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
     return optim.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def diverged(loss: float, step: int, run_dir: Path) -> UserError:
-    """The error a NaN or infinite loss stops training with (raised before anything of that
-    step is saved, so the last checkpoint stays the last good one)."""
-    latest = ckpt.latest_checkpoint(run_dir)
-    kept = f"{latest.name} is kept" if latest is not None else "no checkpoint was written yet"
-    return UserError(
-        f"the loss is {loss} at step {step}: training stopped ({kept}); lower --lr or check "
-        "the data, then --resume or start over"
-    )
-
-
 def budget_spent(opts: TrainOptions, step: int, elapsed_s: float) -> bool:
     return (opts.max_steps is not None and step >= opts.max_steps) or (
         opts.minutes is not None and elapsed_s >= opts.minutes * 60
@@ -99,6 +89,7 @@ class StepStats:
     stage_counts: list[float]
     clock: float = 0.0  # training seconds so far: rank 0's clock (0 on the other ranks)
     stop: bool = False  # a signal or `should_stop` on any rank
+    applied: bool = True  # False: a non-finite batch skipped (the same on every rank)
 
     def all_reduce(self, ctx: dist_.DistContext) -> StepStats:
         """Mean loss and gradient norm; summed stage sums and counts, clock and stop flag."""
@@ -118,7 +109,9 @@ class StepStats:
             values = dist_.sum_over_ranks(ctx, values)
             values[:2] /= ctx.world_size
         v = values.tolist()
-        return StepStats(v[0], v[1], v[2 : 2 + k], v[2 + k : 2 + 2 * k], v[-2], v[-1] > 0)
+        return StepStats(
+            v[0], v[1], v[2 : 2 + k], v[2 + k : 2 + 2 * k], v[-2], v[-1] > 0, self.applied
+        )
 
     def stage_means(self) -> list[float]:
         return [
@@ -128,9 +121,14 @@ class StepStats:
 
 
 def train_step(
-    run: Run, x: torch.Tensor, generator: torch.Generator, autocast: torch.autocast
+    run: Run,
+    x: torch.Tensor,
+    generator: torch.Generator,
+    autocast: torch.autocast,
+    guard: NonfiniteGuard | None = None,
 ) -> StepStats:
-    """One optimizer step on the batch `x`: loss, backward, clip, AdamW step, EMA update."""
+    """One optimizer step on the batch `x`: loss, backward, clip, AdamW step, EMA update. When
+    `guard` skips a non-finite batch, neither the AdamW step nor the EMA update happens."""
     run.module.train()
     with autocast:
         loss, (per_stage, counts) = run.module(x, generator)
@@ -140,10 +138,13 @@ def train_step(
     grad_norm = torch.nn.utils.clip_grad_norm_(
         run.unet.parameters(), clip if clip > 0 else math.inf
     )
-    run.optimizer.step()
-    run.ema.update(run.unet)
+    applied = guard is None or guard.keep(loss, grad_norm, run.step + 1)
+    if applied:
+        run.optimizer.step()
+        run.ema.update(run.unet)
     sums = [0.0 if math.isnan(v) else v * c for v, c in zip(per_stage, counts, strict=True)]
-    return StepStats(float(loss.detach()), float(grad_norm), sums, [float(c) for c in counts])
+    counted = [float(c) for c in counts]
+    return StepStats(float(loss.detach()), float(grad_norm), sums, counted, applied=applied)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +191,7 @@ def _train(
             console.print(message, markup=markup)
 
     run = setup(cfg, run_dir, resume, ctx, say)
+    guard = NonfiniteGuard(opts.nonfinite, run_dir, ctx)
     nparams = sum(p.numel() for p in run.unet.parameters())
     budget = " / ".join(
         x
@@ -223,29 +225,31 @@ def _train(
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
             x, generator = run.batch()
-            stats = train_step(run, x, generator, autocast)
+            stats = train_step(run, x, generator, autocast, guard)
             run.threads.tick()
-            run.step += 1
+            run.step += int(stats.applied)  # a skipped batch is no step (fdm_cli.nonfinite)
             run.position += opts.batch_size
             stats.clock = (time.monotonic() - t_start) if main else 0.0
             stats.stop = bool(stop_flag["signal"]) or (
                 should_stop is not None and should_stop(run.step)
             )
             stats = stats.all_reduce(ctx)
-            run.elapsed, last_loss = stats.clock, stats.loss
-            if not math.isfinite(last_loss):
-                raise diverged(last_loss, run.step, run_dir)
-            if main:
-                run.log.add(
-                    run.step, last_loss, stats.stage_means(), lr, stats.grad_norm, run.elapsed
-                )
-                if run.step % opts.log_every == 0:
-                    run.log.flush()
-                    progress.update(run.step, last_loss, run.elapsed)
+            run.elapsed = stats.clock
+            if stats.applied:
+                last_loss = stats.loss
+                if not math.isfinite(last_loss):
+                    raise diverged(last_loss, run.step, run_dir)
+                if main:
+                    run.log.add(
+                        run.step, last_loss, stats.stage_means(), lr, stats.grad_norm, run.elapsed
+                    )
+                    if run.step % opts.log_every == 0:
+                        run.log.flush()
+                        progress.update(run.step, last_loss, run.elapsed)
             if stats.stop:
                 interrupted = True
                 break
-            if run.step % opts.checkpoint_every == 0:
+            if stats.applied and run.step % opts.checkpoint_every == 0:
                 run.checkpoint()
                 saved_step = run.step
                 run.write_images(f"step-{run.step:08d}.png", f"strip-{run.step:08d}.png")

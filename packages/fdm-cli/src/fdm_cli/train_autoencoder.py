@@ -13,8 +13,10 @@ runs in (docs/design.md §5.4 for how the sampler crosses into such a stage). Th
 ``--holdout`` images of the dataset are never trained on; the reconstruction PSNR is measured on
 them. Each step: a batch at stream position p (a pure function of seed and p, `fdm_cli.data`),
 the posterior noise from a generator seeded by (seed, step), `Autoencoder.loss`, AdamW with
-warm-up and cosine decay, gradient clipping. SIGINT/SIGTERM finish the step, write a checkpoint
-and stop; ``--resume`` continues exactly (same losses on CPU as an uninterrupted run).
+warm-up and cosine decay, gradient clipping. A NaN or infinite loss stops the run, or with
+``train.nonfinite: skip`` drops that batch (`fdm_cli.nonfinite`). SIGINT/SIGTERM finish the step,
+write a checkpoint and stop; ``--resume`` continues exactly (same losses on CPU as an
+uninterrupted run).
 
 RUN_DIR (default runs/autoencoder)::
 
@@ -48,12 +50,13 @@ from .data import DataOrder, ImageDataset, load_dataset
 from .distributed import resolve_device
 from .errors import UserError
 from .images import atomic_write_bytes, make_grid, save_png
-from .losslog import LossLog
+from .losslog import AutoencoderLossLog
+from .nonfinite import NonfiniteGuard, diverged
 from .outputs import prepare_run_dir
 from .progress import TrainProgress, graceful_stop
 from .seeding import MODEL_INIT, TRAIN_STEP, derive_seed
 from .threads import configure_threads
-from .train import budget_spent, diverged, learning_rate
+from .train import budget_spent, learning_rate
 
 DEFAULT_RUN_DIR = Path("runs") / "autoencoder"
 RECONSTRUCTIONS = "reconstructions.png"
@@ -100,30 +103,6 @@ def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor) 
 
 # ---------------------------------------------------------------------------------------------
 # The loop
-
-
-class AutoencoderLossLog(LossLog):
-    """``loss.csv`` with columns step, loss, reconstruction, regularization, lr, grad_norm,
-    elapsed_s (`LossLog` with two named loss columns in place of the per-stage ones)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, 0)
-        self.header = [
-            "step",
-            "loss",
-            "reconstruction",
-            "regularization",
-            "lr",
-            "grad_norm",
-            "elapsed_s",
-        ]
-
-    def save_plot(self, path: Path) -> None:
-        from .images import loss_curve
-
-        steps = [int(r[0]) for r in self.rows]
-        series = {"loss": [r[1] for r in self.rows], "reconstruction": [r[2] for r in self.rows]}
-        save_png(loss_curve(steps, series), path)
 
 
 @dataclass
@@ -234,6 +213,7 @@ def _train(
         log.start()
     atomic_write_bytes(run_dir / ckpt.CONFIG_FILE, cfg.to_yaml().encode())
     order = DataOrder(n_train, opts.seed, cfg.data.hflip)
+    guard = NonfiniteGuard(opts.nonfinite, run_dir)
 
     def checkpoint() -> None:
         state = {
@@ -290,29 +270,26 @@ def _train(
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), clip if clip > 0 else math.inf
             )
-            optimizer.step()
+            applied = guard.keep(out.total, grad_norm, step + 1)  # False: batch skipped
+            if applied:
+                optimizer.step()
             threads.tick()
-            step += 1
+            step += int(applied)
             position += opts.batch_size
             elapsed = time.monotonic() - t_start
-            last_loss = float(out.total.detach())
-            if not math.isfinite(last_loss):
-                raise diverged(last_loss, step, run_dir)
-            log.add(
-                step,
-                last_loss,
-                [float(out.reconstruction.detach()), float(out.regularization.detach())],
-                lr,
-                float(grad_norm),
-                elapsed,
-            )
-            if step % opts.log_every == 0:
-                log.flush()
-                progress.update(step, last_loss, elapsed)
+            if applied:
+                last_loss = float(out.total.detach())
+                if not math.isfinite(last_loss):
+                    raise diverged(last_loss, step, run_dir)
+                parts = [float(out.reconstruction.detach()), float(out.regularization.detach())]
+                log.add(step, last_loss, parts, lr, float(grad_norm), elapsed)
+                if step % opts.log_every == 0:
+                    log.flush()
+                    progress.update(step, last_loss, elapsed)
             if stop_flag["signal"] or (should_stop is not None and should_stop(step)):
                 interrupted = True
                 break
-            if step % opts.checkpoint_every == 0:
+            if applied and step % opts.checkpoint_every == 0:
                 checkpoint()
                 threads.pause()  # not a training step
                 saved_step = step
