@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "package", "plugin_example"]
+nox.options.sessions = ["lint", "tests", "reliability", "package", "plugin_example"]
 nox.options.reuse_existing_virtualenvs = False
 
 PACKAGES = ["fdm-core", "fdm-models", "fdm-transforms", "fdm-cli"]
@@ -36,15 +36,28 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", *paths)
 
 
-@nox.session
-def tests(session: nox.Session) -> None:
-    """Install the four packages (editable, fdm-transforms with its diffusers extra so the
-    diffusers-autoencoder tests run) and run pytest."""
+def _install_for_tests(session: nox.Session) -> None:
+    """torch, pytest and the four packages (editable; fdm-transforms with its diffusers extra so
+    the diffusers-autoencoder tests run)."""
     session.install(*CONSTRAINTS, "torch", "triton", "pytest", "pytest-timeout", "hypothesis")
     editable = [f"packages/{p}" for p in PACKAGES]
     editable[PACKAGES.index("fdm-transforms")] += "[diffusers]"
     session.install(*CONSTRAINTS, *[a for p in editable for a in ("-e", p)])
-    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """pytest, all but the long `reliability` cases (posargs go to pytest)."""
+    _install_for_tests(session)
+    session.run("pytest", "-m", "not reliability", *session.posargs)
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """The long fault-injection cases (RELIABILITY.md): a double Ctrl-C during checkpoint
+    sampling in a real process, a 360-photo folder with unreadable files; a few minutes."""
+    _install_for_tests(session)
+    session.run("pytest", "-m", "reliability", *session.posargs)
 
 
 @nox.session

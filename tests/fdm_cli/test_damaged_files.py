@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
 from fdm_cli import checkpointing as ckpt
-from fdm_core.checkpoint import CONFIG_KEY, STATE_KEY
+from fdm_core.checkpoint import CONFIG_KEY, STATE_KEY, with_digest
 
 from .conftest import refused
 
@@ -84,7 +85,8 @@ def damaged_copy(ds_run: Path, tmp_path: Path, change: Callable) -> Path:
         meta = handle.metadata()
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     meta, tensors = change(meta, tensors)
-    path.write_bytes(save(tensors, metadata=meta))
+    # A hostile writer can store a matching digest: the checks below the digest must hold alone.
+    path.write_bytes(save(tensors, metadata=with_digest(tensors, meta)))
     return run
 
 
@@ -154,3 +156,24 @@ def test_unknown_top_level_keys_in_a_model_config_are_refused(
     """A misspelt 'procces' next to the real entry would otherwise be ignored silently."""
     model = _edited_model(ds_run, tmp_path, lambda c: c.update(procces={}))
     refused(cli("sample", model, "--out", tmp_path / "g.png"), "'procces'")
+
+
+def _reshaped_model_tensor(meta: Meta, tensors: dict) -> tuple[Meta, dict]:
+    """The first EMA weight (what sampling loads), one row longer: a well-formed file whose
+    weights do not fit."""
+    name = next(k for k in tensors if k.startswith("state.ema.") and tensors[k].dim() > 0)
+    weight = tensors[name]
+    return meta, {**tensors, name: torch.cat([weight, weight[:1]])}
+
+
+def test_checkpoint_weights_that_do_not_fit_the_config_are_refused(
+    ds_run: Path, tmp_path: Path, cli, tiny
+) -> None:
+    """The skeleton and the config are intact and the digest matches, but one EMA weight has
+    the wrong shape: `sample` and `train --resume` refuse with one line naming the file (before,
+    load_state_dict's multi-line RuntimeError)."""
+    run = damaged_copy(ds_run, tmp_path, _reshaped_model_tensor)
+    name = ckpt.latest_checkpoint(run).name
+    refused(cli("sample", run, "--out", tmp_path / "grid.png", "--steps", "4"), name)
+    resumed = cli("train", "--out", run, "--resume", "--max-steps", "6", *tiny)
+    refused(resumed, name, "does not fit this run")

@@ -93,3 +93,31 @@ def test_corrupt_and_missing_files_are_clear_errors(tmp_path):
 def test_unsupported_values_are_refused(tmp_path):
     with pytest.raises(TypeError, match=r"cannot store a set at 'state\.bad'"):
         save_state(tmp_path / "x.safetensors", {"bad": {1, 2}})
+
+
+def test_a_changed_byte_anywhere_is_refused_by_the_digest(tmp_path):
+    """Bug caught: a byte flipped in the tensor data (or a metadata value) loaded as silently
+    different numbers; the SHA-256 digest written with every file now refuses it."""
+    path = tmp_path / "c.safetensors"
+    save_state(path, {"w": torch.arange(64, dtype=torch.float32), "step": 7}, {"lr": 0.1})
+    data = path.read_bytes()
+    header = int.from_bytes(data[:8], "little")
+    last_value = data.rindex(b"0.1")  # inside the config JSON of the metadata
+    for offset in (len(data) - 3, 8 + header + 1, last_value):
+        damaged = bytearray(data)
+        damaged[offset] ^= 0x01
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match="is damaged: its content does not match"):
+            load_state(path)
+    path.write_bytes(data)
+    assert load_state(path)[0]["step"] == 7
+
+
+def test_files_without_a_digest_still_load(tmp_path):
+    """Files written before digests, or by other tools, load unchecked."""
+    from safetensors.torch import save
+
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(save({"w": torch.ones(3)}, metadata={"fdm_config": "{}"}))
+    tensors, config = load_tensors(path)
+    assert torch.equal(tensors["w"], torch.ones(3)) and config == {}

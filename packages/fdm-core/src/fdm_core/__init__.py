@@ -9,6 +9,8 @@ from .checkpoint import (
     load_tensors,
     save_state,
     save_tensors,
+    verify_digest,
+    with_digest,
 )
 from .config import ComponentSpec, ProcessConfig, SamplerConfig
 from .hookspecs import Register, hookimpl
@@ -70,5 +72,7 @@ __all__ = [
     "save_tensors",
     "steps_per_stage",
     "stratified_times",
+    "verify_digest",
+    "with_digest",
 ]
 __version__ = "0.1.0"

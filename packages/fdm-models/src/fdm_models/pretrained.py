@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
-from fdm_core import atomic_write
+from fdm_core import atomic_write, verify_digest, with_digest
 
 from .config import UNetConfig
 from .unet import MultiStageUNet
@@ -90,7 +90,7 @@ def write_model_dir(
     }
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
     with atomic_write(directory / WEIGHTS_NAME) as handle:
-        handle.write(save(tensors, metadata={"format": "pt"}))
+        handle.write(save(tensors, metadata=with_digest(tensors, {"format": "pt"})))
     with atomic_write(directory / CONFIG_NAME, "w") as handle:
         handle.write(json.dumps(document, indent=2) + "\n")
     return directory
@@ -168,8 +168,11 @@ def load_weights(
         check_weights(build(), shapes, weights, what)
     try:
         tensors = load_file(weights, device=str(torch.device(device)))
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata() or {}
     except (SafetensorError, OSError) as exc:  # a header that lies about the data
         raise ValueError(f"{weights} is not a readable safetensors file: {exc}") from None
+    verify_digest(weights, tensors, metadata)
     model = build()
     model.load_state_dict(tensors)
     model.to(device)
