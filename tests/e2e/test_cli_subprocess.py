@@ -101,7 +101,8 @@ def test_user_error_is_one_line_with_status_2(tmp_path: Path) -> None:
     assert choice.returncode == 2 and choice.stdout == ""
     assert choice.stderr.strip() == (
         "fdm: error: Invalid value for '--preset': 'nope' is not one of 'fdm-ds', 'fdm-blur-g', "
-        "'fdm-blur-u', 'fdm-vae', 'ldm', 'ddpm'. (see 'fdm train --help')"
+        "'fdm-blur-u', 'fdm-vae', 'ldm', 'ddpm', 'fdm-ds-64', 'ddpm-64', 'fdm-ds-256', "
+        "'ddpm-256'. (see 'fdm train --help')"
     )
     bad_flag = run(["sample", "--bogus"])
     assert bad_flag.returncode == 2 and "No such option" in bad_flag.stderr

@@ -37,7 +37,8 @@ TRAIN_ERRORS = [
     (
         ["--preset", "fdm-xyz"],
         "Invalid value for '--preset': 'fdm-xyz' is not one of 'fdm-ds', "
-        "'fdm-blur-g', 'fdm-blur-u', 'fdm-vae', 'ldm', 'ddpm'. (see 'fdm train --help')",
+        "'fdm-blur-g', 'fdm-blur-u', 'fdm-vae', 'ldm', 'ddpm', 'fdm-ds-64', 'ddpm-64', "
+        "'fdm-ds-256', 'ddpm-256'. (see 'fdm train --help')",
     ),
     (["--set", "process.gamma"], "--set expects key=value"),
     (["--set", "model.nonsense=1"], "model.nonsense: Extra inputs are not permitted"),

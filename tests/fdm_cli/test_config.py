@@ -38,7 +38,12 @@ def test_presets_resolve(preset: str, stage_shapes: list, transform: str | None)
 
 
 def test_all_presets_listed() -> None:
-    assert set(PRESETS) == {"fdm-ds", "fdm-blur-g", "fdm-blur-u", "fdm-vae", "ldm", "ddpm"}
+    assert set(PRESETS) == {"fdm-ds", "fdm-blur-g", "fdm-blur-u", "fdm-vae", "ldm", "ddpm"} | {
+        "fdm-ds-64",
+        "ddpm-64",
+        "fdm-ds-256",
+        "ddpm-256",
+    }
 
 
 def test_blur_kinds() -> None:

@@ -27,7 +27,7 @@ from . import checkpointing as ckpt
 from .choices import Device, Precision
 from .data import probe_channels
 from .errors import UserError, format_validation_error
-from .presets import DEFAULT_PRESET, deep_merge, preset_dict
+from .presets import DEFAULT_PRESET, NO_DATA, deep_merge, preset_dict
 from .seeding import MAX_SEED
 
 
@@ -42,7 +42,8 @@ class DataConfig(Section):
 
     source: str = Field(
         "fashion-mnist",
-        description="'fashion-mnist' (embedded t10k split), a folder of images, or IDX files",
+        description="'fashion-mnist' (embedded t10k split), a folder of images, IDX files, or "
+        "WebDataset tar shards (a brace pattern, a tar, a pipe: URL, an `fdm data pack` folder)",
     )
     channels: Literal["auto", 1, 3] = Field(
         "auto", description="'auto' follows the data (1 if all images are grayscale, else 3)"
@@ -53,6 +54,11 @@ class DataConfig(Section):
     hflip: bool = Field(True, description="random horizontal flips (seeded by position)")
     strict: bool = Field(
         False, description="refuse a folder holding an unreadable image instead of skipping it"
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="where folders and IDX files are decoded once for training (default "
+        "$FDM_DATA_CACHE, else ~/.cache/fdm/data)",
     )
 
 
@@ -115,7 +121,12 @@ class LoopOptions(Section):
 class TrainOptions(LoopOptions):
     """`fdm train`'s loop: precision and the DDP settings besides the shared options."""
 
-    precision: Precision = Field("fp32", description="bf16 autocast or fp32")
+    precision: Precision = Field(
+        "fp32", description="bf16: the UNet under bf16 autocast, the process math in fp32"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the UNet (inductor; $FDM_COMPILE_BACKEND overrides)"
+    )
     dist_timeout_s: float = Field(1800.0, gt=0, description="DDP collective timeout in seconds")
     find_unused_parameters: Literal["auto", True, False] = Field(
         "auto", description="DDP flag; auto: on when a rank's batch cannot hold every stage"
@@ -196,6 +207,11 @@ def resolve_train_config(
         data = DataConfig.model_validate(raw.get("data", {}))
     except ValidationError as exc:
         raise UserError(f"invalid config: {format_validation_error(exc, 'data')}") from None
+    if data.source == NO_DATA:
+        raise UserError(
+            f"preset {raw.get('preset')} has no default data: pass --data with your own RGB "
+            "images (an image folder or IDX files)"
+        )
     channels = probe_channels(data.source, None if data.channels == "auto" else data.channels)
     return finalize(raw, channels, base_dir)
 
