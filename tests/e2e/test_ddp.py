@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from fdm_cli.losslog import read_loss_csv
 
+from .test_multinode import RUN_FILES
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 
@@ -44,20 +46,7 @@ def test_two_ranks_train_identical_weights_and_write_once(tmp_path: Path) -> Non
 
     raw = load_model(run_dir, ema=False).unet.state_dict()
     assert all(torch.equal(raw[k], rank0[k]) for k in rank0)
-    assert _files(run_dir) == {
-        "config.yaml",
-        "loss.csv",
-        "loss.png",
-        "checkpoints/latest",
-        "checkpoints/step-00000002.safetensors",
-        "checkpoints/step-00000003.safetensors",
-        "samples/step-00000002.png",
-        "samples/strip-00000002.png",
-        "samples/final.png",
-        "samples/final-strip.png",
-        "model/config.json",
-        "model/model.safetensors",
-    }
+    assert _files(run_dir) == RUN_FILES
     assert [r[0] for r in read_loss_csv(run_dir / "loss.csv")] == [1, 2, 3]
     # 5 samples split over 2 ranks (3 + 2) and gathered: a 3x2 grid, every tile filled
     grid = np.asarray(Image.open(run_dir / "samples" / "final.png"))

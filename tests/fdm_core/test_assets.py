@@ -89,6 +89,25 @@ def test_bundled_assets_move_with_the_model_and_keep_a_relative_path(tmp_path, r
     assert process.config.transforms[0].as_dict()["path"] == bundled[0]["path"]
 
 
+def test_nodes_with_the_same_process_id_copy_under_different_temporaries(
+    tmp_path, registry, monkeypatch
+):
+    """The ranks of a multi-node run share the run folder and may have the same pid: each
+    copies under a temporary name of its own before renaming into place."""
+    spec = [{"name": "file_gain", "path": str(gain_folder(tmp_path / "enc", 2.0))}]
+    temporaries = []
+    copytree = shutil.copytree
+    monkeypatch.setattr("os.getpid", lambda: 4242)
+    monkeypatch.setattr(
+        shutil, "copytree", lambda a, b: temporaries.append(b.name) or copytree(a, b)
+    )
+    for node in ("node-a", "node-b"):
+        monkeypatch.setattr("socket.gethostname", lambda node=node: node)
+        bundled = bundle_assets(spec, [FileGain], tmp_path / node)
+        assert (tmp_path / node / bundled[0]["path"] / "gain.txt").read_text() == "2.0"
+    assert len(temporaries) == 2 and temporaries[0] != temporaries[1]
+
+
 def test_a_changed_bundled_asset_is_refused(tmp_path, registry):
     run = tmp_path / "run"
     bundled = bundle_assets(

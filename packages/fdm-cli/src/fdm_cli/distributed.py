@@ -5,6 +5,12 @@ every rank runs the same command: the process group is initialised from the envi
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) with gloo on CPU
 and nccl on CUDA, each rank takes its slice of the global batch, and only rank 0 writes files.
 Sampling is split over the ranks and gathered on rank 0.
+
+Several nodes (``torchrun --nnodes N --rdzv_backend c10d``, one agent per node, e.g. under
+``srun``): ``RANK`` is the global rank, ``LOCAL_RANK`` the index on the node. Only the device
+(this node's GPU ``LOCAL_RANK``) and the CPU thread share (``LOCAL_WORLD_SIZE``) are per node;
+the data slice, the noise seeds and `DistContext.is_main` (the one writer of RUN_DIR, which all
+nodes share) follow the global rank (tests/e2e/test_multinode.py).
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ def init_distributed(device_preference: str, timeout_s: float = 1800.0) -> DistC
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_preference, local_rank)
     if world_size <= 1:
+        _refuse_copies_under_srun()
         return DistContext(device=device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
@@ -75,6 +82,24 @@ def init_distributed(device_preference: str, timeout_s: float = 1800.0) -> DistC
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
     return DistContext(rank, world_size, local_rank, device, backend)
+
+
+def _refuse_copies_under_srun() -> None:
+    """``srun -n N fdm train`` without torchrun would start N independent single-process runs,
+    all writing the same RUN_DIR: refuse it (SLURM sets SLURM_STEP_NUM_TASKS in a step's tasks;
+    torchrun workers have WORLD_SIZE)."""
+    try:
+        tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    except ValueError:
+        return
+    if tasks > 1 and "WORLD_SIZE" not in os.environ:
+        raise UserError(
+            f"this process is one of {tasks} SLURM tasks but not a torchrun worker: each task "
+            "would train its own copy into the same --out. Run one task per node that starts "
+            "torchrun: srun --ntasks-per-node 1 torchrun --nnodes $SLURM_NNODES ... -m fdm_cli "
+            "train (README: several machines); in an interactive shell of such a step, run "
+            "SLURM_STEP_NUM_TASKS=1 fdm train ..."
+        )
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -139,7 +140,8 @@ def _bundle_one(source: Path, dest: Path, label: str) -> str:
     if target.exists():
         return relative
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # one per process (DDP ranks)
+    # one per process: DDP ranks on several nodes may share `dest` and a process id
+    tmp = target.with_name(f".{target.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     if source.is_dir():
         shutil.copytree(source, tmp)
     else:
