@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -146,3 +149,11 @@ def print_environment(info: dict[str, Any], console: Console) -> None:
     for item, value in rows:
         grid.add_row(item, str(value))
     console.print(grid)
+
+
+def report(data: Any, as_json: bool, show: Callable[[Any, Console], None]) -> None:
+    """Print `data` as JSON, or with its rich printer (`fdm plugins`, `fdm env`)."""
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        show(data, Console(highlight=False))

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .config import TrainOptions
+from .steptime import format_shares
 
 
 @contextmanager
@@ -52,6 +53,7 @@ class TrainProgress:
             TextColumn("{task.percentage:>3.0f}%"),
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("{task.fields[ips]} it/s"),
+            TextColumn("{task.fields[phases]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -59,7 +61,7 @@ class TrainProgress:
             disable=not (show and main and console.is_terminal),
             transient=False,
         )
-        self.task = self.bar.add_task("train", total=1000, step=step, loss="-", ips="-")
+        self.task = self.bar.add_task("train", total=1000, step=step, loss="-", ips="-", phases="")
         self.rate_t = self.last_line = time.monotonic()
         self.rate_step = step
 
@@ -70,12 +72,16 @@ class TrainProgress:
     def __exit__(self, *exc: object) -> None:
         self.bar.__exit__(*exc)
 
-    def update(self, step: int, loss: float, elapsed: float) -> None:
-        """Step, loss, steps per second and the share of the budget spent."""
+    def update(
+        self, step: int, loss: float, elapsed: float, phases: dict[str, float] | None = None
+    ) -> None:
+        """Step, loss, steps per second, the share of the budget spent and, given `phases`
+        (seconds per step phase since the last update, `fdm_cli.steptime`), each phase's share."""
         now = time.monotonic()
         ips = (step - self.rate_step) / max(1e-9, now - self.rate_t)
         self.rate_t, self.rate_step = now, step
         opts = self.opts
+        shares = "" if phases is None else format_shares(phases)
         frac = max(
             step / opts.max_steps if opts.max_steps else 0.0,
             elapsed / (opts.minutes * 60) if opts.minutes else 0.0,
@@ -86,13 +92,14 @@ class TrainProgress:
             step=step,
             loss=f"{loss:.4f}",
             ips=f"{ips:.2f}",
+            phases=shares,
         )
         if self.show and not self.console.is_terminal and now - self.last_line >= 30:
             self.last_line = now
+            rate = f"{ips:.2f} it/s" + (f" ({shares})" if shares else "")
             self.console.print(
-                f"step {step}: loss {loss:.4f}, {ips:.2f} it/s, "
-                f"{elapsed / 60:.1f} min, {100 * min(1.0, frac):.0f}% of the "
-                "budget",
+                f"step {step}: loss {loss:.4f}, {rate}, {elapsed / 60:.1f} min, "
+                f"{100 * min(1.0, frac):.0f}% of the budget",
                 markup=False,
             )
 

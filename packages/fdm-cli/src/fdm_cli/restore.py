@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -25,10 +26,11 @@ from rich.console import Console
 from fdm_core import Boundary, SamplerConfig, Start
 
 from .data import image_channels, open_image, pil_to_tensor
+from .distributed import resolve_device
 from .errors import UserError
 from .images import make_grid, save_png, upscale
 from .outputs import check_outputs, model_inputs
-from .sample import LoadedModel, generate, load_model
+from .sample import LoadedModel, generate, load_model, sampler_config
 from .seeding import check_seeds
 
 
@@ -184,6 +186,24 @@ def check_start(model: LoadedModel, stage: int, start_t: float | None) -> None:
 def make_start(conditions: list[Condition], start_t: float | None) -> Start:
     stage = conditions[0].stage
     return Start(stage, torch.stack([c.signal for c in conditions]), start_t)
+
+
+def command(
+    task: str,
+    *,
+    model: Path,
+    images: list[Path],
+    out: Path,
+    steps: int,
+    eta: float,
+    device: str,
+    **options: Any,
+) -> None:
+    """`fdm super-resolve` / `fdm deblur` from their flags (the same options): `restore` with
+    a DDIM sampler on the resolved device."""
+    config = sampler_config(steps, "ddim", eta)
+    console = Console(highlight=False, soft_wrap=True)
+    restore(task, model, images, out, config, resolve_device(device), console, **options)
 
 
 def restore(

@@ -13,7 +13,10 @@ noise and t from a generator seeded by (seed, step, rank), `diffusion_loss` (t s
 stage appears), AdamW with warm-up, gradient clipping, then an EMA update. A NaN or infinite
 loss stops the run, or with ``train.nonfinite: skip`` drops that batch (`fdm_cli.nonfinite`). Every
 ``train.checkpoint_every`` steps rank 0 writes a checkpoint, a sample grid and a stage strip.
-SIGINT/SIGTERM finish the current step, write a checkpoint and stop (continue with --resume).
+``train.precision: bf16`` runs only the UNet under autocast, ``train.compile`` compiles it
+(`fdm_cli.run`, docs/design.md §6.5); each step is timed as data / forward / backward /
+optimizer (`fdm_cli.steptime`), shown in the progress line. SIGINT/SIGTERM finish the current
+step, write a checkpoint and stop (continue with --resume).
 
 Reading order: `fdm_cli.run.setup` (data, process, model, EMA, optimizer, resume) ->
 `train_step` (one batch) -> `StepStats` (what a step reports, one all-reduce over ranks) ->
@@ -41,6 +44,7 @@ from .config import TrainConfig, TrainOptions, bundle_run_assets
 from .nonfinite import NonfiniteGuard, diverged
 from .progress import TrainProgress, graceful_stop
 from .run import Run, setup
+from .steptime import StepTimer, format_shares
 
 
 @dataclass
@@ -51,6 +55,7 @@ class TrainResult:
     last_loss: float | None
     wall_s: float
     model: nn.Module | None = None  # the trained UNet (raw weights; EMA is in the checkpoint)
+    phase_seconds: dict[str, float] | None = None  # this process's seconds per step phase
 
 
 def learning_rate(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
@@ -124,16 +129,20 @@ def train_step(
     run: Run,
     x: torch.Tensor,
     generator: torch.Generator,
-    autocast: torch.autocast,
+    timer: StepTimer,
     guard: NonfiniteGuard | None = None,
 ) -> StepStats:
     """One optimizer step on the batch `x`: loss, backward, clip, AdamW step, EMA update. When
-    `guard` skips a non-finite batch, neither the AdamW step nor the EMA update happens."""
+    `guard` skips a non-finite batch, neither the AdamW step nor the EMA update happens. With
+    ``train.precision: bf16`` only the UNet runs under autocast (`fdm_cli.run.LossModule`).
+    `timer` (started before the batch was read) gets the forward, backward and optimizer phases."""
     run.module.train()
-    with autocast:
-        loss, (per_stage, counts) = run.module(x, generator)
+    timer.mark()  # data -> forward
+    loss, (per_stage, counts) = run.module(x, generator)
+    timer.mark()  # forward -> backward
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    timer.mark()  # backward -> optimizer
     clip = run.cfg.optim.grad_clip
     grad_norm = torch.nn.utils.clip_grad_norm_(
         run.unet.parameters(), clip if clip > 0 else math.inf
@@ -144,7 +153,9 @@ def train_step(
         run.ema.update(run.unet)
     sums = [0.0 if math.isnan(v) else v * c for v, c in zip(per_stage, counts, strict=True)]
     counted = [float(c) for c in counts]
-    return StepStats(float(loss.detach()), float(grad_norm), sums, counted, applied=applied)
+    stats = StepStats(float(loss.detach()), float(grad_norm), sums, counted, applied=applied)
+    timer.stop()
+    return stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,9 +221,7 @@ def _train(
         markup=True,
     )
 
-    autocast = torch.autocast(
-        ctx.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"
-    )
+    timer = StepTimer(ctx.device)
     last_loss, interrupted = None, False
     saved_step = run.step if run.resumed else -1
     t_start = time.monotonic() - run.elapsed
@@ -224,8 +233,9 @@ def _train(
             lr = learning_rate(cfg, run.step, run.elapsed)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
+            timer.start()
             x, generator = run.batch()
-            stats = train_step(run, x, generator, autocast, guard)
+            stats = train_step(run, x, generator, timer, guard)
             run.threads.tick()
             run.step += int(stats.applied)  # a skipped batch is no step (fdm_cli.nonfinite)
             run.position += opts.batch_size
@@ -245,7 +255,7 @@ def _train(
                     )
                     if run.step % opts.log_every == 0:
                         run.log.flush()
-                        progress.update(run.step, last_loss, run.elapsed)
+                        progress.update(run.step, last_loss, run.elapsed, timer.take_window())
             if stats.stop:
                 interrupted = True
                 break
@@ -267,7 +277,8 @@ def _train(
             f"stopped at step {run.step}; checkpoint written. Continue with: fdm train --out "
             f"{run_dir} --resume"
         )
-        return TrainResult(run_dir, run.step, True, last_loss, time.monotonic() - t_wall, run.unet)
+        wall = time.monotonic() - t_wall
+        return TrainResult(run_dir, run.step, True, last_loss, wall, run.unet, timer.total)
     run.write_images("final.png", "final-strip.png")
     if main:
         run.log.save_plot(run_dir / "loss.png")
@@ -285,11 +296,12 @@ def _train(
     wall = time.monotonic() - t_wall
     shown = last_loss if last_loss is not None else float("nan")
     say(
-        f"done: {run.step} steps, final loss {shown:.4f}, "
-        f"{wall:.0f} s. Samples: {run_dir / ckpt.SAMPLES / 'final.png'}, stage strip: "
-        f"{run_dir / ckpt.SAMPLES / 'final-strip.png'}, model: {run_dir / ckpt.MODEL_DIR}"
+        f"done: {run.step} steps, final loss {shown:.4f}, {wall:.0f} s (steps: "
+        f"{format_shares(timer.total)}). Samples: {run_dir / ckpt.SAMPLES / 'final.png'}, "
+        f"stage strip: {run_dir / ckpt.SAMPLES / 'final-strip.png'}, model: "
+        f"{run_dir / ckpt.MODEL_DIR}"
     )
-    return TrainResult(run_dir, run.step, False, last_loss, wall, run.unet)
+    return TrainResult(run_dir, run.step, False, last_loss, wall, run.unet, timer.total)
 
 
 def print_dry_run(cfg: TrainConfig, run_dir: Path, console: Console) -> None:

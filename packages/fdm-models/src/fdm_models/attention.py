@@ -102,6 +102,7 @@ def requested_attention_backend(configured: str = "auto") -> str:
     return value
 
 
+@torch.compiler.assume_constant_result  # under torch.compile: resolved once, the probe not traced
 def resolve_attention_backend(
     configured: str = "auto",
     device: torch.device | str = "cpu",

@@ -1,0 +1,73 @@
+"""Where a training step's time goes: data, forward, backward, optimizer.
+
+`fdm train` marks the boundaries of the four phases of every step; the progress line shows each
+phase's share of the steps since the last update, and the closing line its share of the run, so
+a data-bound run (a large data share) is visible. On CPU a boundary is a `time.perf_counter`
+reading. On CUDA it is a recorded `torch.cuda.Event`, so timing adds no synchronisation: the
+events are read after the step has synchronised anyway (its loss and gradient norm are read back
+to the host). An event interval is the time the GPU took from one boundary to the next, waiting
+for the host included, so a GPU starved by the data path still shows a large data share.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from time import perf_counter
+
+import torch
+
+PHASES = ("data", "forward", "backward", "optimizer")
+
+
+class StepTimer:
+    """Seconds spent in each of `PHASES`, summed over steps: `total` over the run (this
+    process), `window` since the last `take_window`."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.total = dict.fromkeys(PHASES, 0.0)
+        self.window = dict.fromkeys(PHASES, 0.0)
+        self._marks: list[float | torch.cuda.Event] = []
+
+    def _now(self) -> float | torch.cuda.Event:
+        if not self.cuda:
+            return perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def start(self) -> None:
+        """A step begins: its data phase (reading the batch) starts now."""
+        self._marks = [self._now()]
+
+    def mark(self) -> None:
+        """The current phase ends and the next one (in `PHASES` order) begins."""
+        self._marks.append(self._now())
+
+    def stop(self) -> None:
+        """The step's last phase ends: add each phase's seconds to `total` and `window`."""
+        self.mark()
+        if len(self._marks) != len(PHASES) + 1:
+            raise RuntimeError(f"a step has {len(PHASES)} phases, got {len(self._marks) - 1}")
+        if self.cuda:
+            self._marks[-1].synchronize()  # already done: the step read its loss back
+            seconds = [a.elapsed_time(b) / 1000 for a, b in pairwise(self._marks)]
+        else:
+            seconds = [b - a for a, b in pairwise(self._marks)]
+        for phase, s in zip(PHASES, seconds, strict=True):
+            self.total[phase] += s
+            self.window[phase] += s
+
+    def take_window(self) -> dict[str, float]:
+        """The seconds per phase since the last call, then start a new window."""
+        window, self.window = self.window, dict.fromkeys(PHASES, 0.0)
+        return window
+
+
+def format_shares(seconds: dict[str, float]) -> str:
+    """'data 4% fwd 31% bwd 52% opt 13%': each phase's share of their sum ('-' before any)."""
+    total = sum(seconds.values())
+    if total <= 0:
+        return "-"
+    short = {"data": "data", "forward": "fwd", "backward": "bwd", "optimizer": "opt"}
+    return " ".join(f"{short[p]} {100 * seconds[p] / total:.0f}%" for p in PHASES)
