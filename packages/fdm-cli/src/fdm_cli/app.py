@@ -1,5 +1,5 @@
 """The `fdm` command (``python -m fdm_cli``): train, train-autoencoder, sample, eval,
-super-resolve, deblur, plugins, env.
+super-resolve, deblur, data pack, plugins, env.
 
 Exact commands::
 
@@ -12,6 +12,8 @@ Exact commands::
     fdm eval runs/fdm-ds --num 2000 --out metrics.json    # FID/KID against the test split
     fdm super-resolve runs/fdm-ds low.png --out sr/
     fdm deblur runs/fdm-blur-g blurred.png --out sharp/
+    fdm data pack photos/ --out shards/ --resolution 64   # WebDataset shards for --data
+    fdm train --preset fdm-ds-64 --data 'shards/shard-{000000..000009}.tar' --device cuda
     fdm plugins --json
     fdm env
 
@@ -23,14 +25,14 @@ the command line) or ``FDM_DEBUG=1`` shows the traceback instead. RELIABILITY.md
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from .choices import DEVICE_HELP, Precision, PresetName, SamplerName, check_device
+from .data_cmd import data_app
 from .errors import CommandGroup, UserError, cli_errors, set_debug
 
 app = typer.Typer(
@@ -88,7 +90,9 @@ RestoreSeedOpt = Annotated[int, Opt(help="Image i uses noise seed seed + i.")]
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML/JSON TrainConfig file.")] = None,
     preset: Annotated[PresetName | None, Opt(help="Starting point (default fdm-ds).")] = None,
-    data: Annotated[str | None, Opt(help="fashion-mnist, an image folder, or IDX files.")] = None,
+    data: Annotated[
+        str | None, Opt(help="fashion-mnist, an image folder, IDX files or WebDataset shards.")
+    ] = None,
     strict: StrictOpt = None,
     out: Annotated[Path | None, Opt(help="RUN_DIR (default runs/<preset>).")] = None,
     autoencoder: Annotated[
@@ -101,7 +105,8 @@ def train(
     batch_size: Annotated[int | None, Opt(help="Global batch size.")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
     device: Annotated[str | None, Opt(help=DEVICE_HELP)] = None,
-    precision: Annotated[Precision | None, Opt(help="bf16 autocast or fp32.")] = None,
+    precision: Annotated[Precision | None, Opt(help="bf16 (UNet under autocast) or fp32.")] = None,
+    compile_: Annotated[bool | None, Opt("--compile/--no-compile", help="Compile the UNet")] = None,
     seed: Annotated[int | None, Opt(help="Seed of init, data order and noise.")] = None,
     threads: ThreadsOpt = None,
     resume: Annotated[bool, Opt(help="Continue from RUN_DIR/checkpoints/latest.")] = False,
@@ -128,6 +133,7 @@ def train(
         "optim.lr": lr,
         "train.device": device,
         "train.precision": precision,
+        "train.compile": compile_,
         "train.seed": seed,
         "train.threads": threads,
     }
@@ -304,27 +310,6 @@ def eval_(
     command(**options)
 
 
-def _restore(
-    task: str,
-    *,
-    model: Path,
-    images: list[Path],
-    out: Path,
-    steps: int,
-    eta: float,
-    device: str,
-    **options: Any,
-) -> None:
-    """super-resolve and deblur: the same options, one implementation (`fdm_cli.restore`)."""
-    from .distributed import resolve_device
-    from .restore import restore
-    from .sample import sampler_config
-
-    config = sampler_config(steps, "ddim", eta)
-    console = Console(highlight=False, soft_wrap=True)
-    restore(task, model, images, out, config, resolve_device(device), console, **options)
-
-
 @app.command("super-resolve")
 @cli_errors
 def super_resolve(
@@ -342,7 +327,10 @@ def super_resolve(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Up-sample images with a down-sampling f-DM by starting the sampler at their stage."""
-    _restore("super-resolve", **locals())  # the options above, by name
+    options = dict(locals())  # the options above, by name
+    from .restore import command
+
+    command("super-resolve", **options)
 
 
 @app.command()
@@ -362,7 +350,10 @@ def deblur(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Sharpen images with a blur f-DM by starting the sampler at a blurred stage."""
-    _restore("deblur", **locals())  # the options above, by name
+    options = dict(locals())  # the options above, by name
+    from .restore import command
+
+    command("deblur", **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,9 +366,9 @@ def plugins(
     as_json: JsonOpt = False,
 ) -> None:
     """List every registered transform and schedule with the distribution that provides it."""
-    from .envinfo import plugin_table, print_plugins
+    from .envinfo import plugin_table, print_plugins, report
 
-    _report(plugin_table(), as_json, print_plugins)
+    report(plugin_table(), as_json, print_plugins)
 
 
 @app.command()
@@ -386,19 +377,12 @@ def env(
     as_json: JsonOpt = False,
 ) -> None:
     """Versions and capabilities: python, torch, triton, xformers, CUDA, attention, plugins."""
-    from .envinfo import environment, print_environment
+    from .envinfo import environment, print_environment, report
 
-    _report(environment(), as_json, print_environment)
+    report(environment(), as_json, print_environment)
 
 
-def _report(data: Any, as_json: bool, show: Callable[[Any, Console], None]) -> None:
-    """Print `data` as JSON, or with its rich printer."""
-    if as_json:
-        import json
-
-        typer.echo(json.dumps(data, indent=2))
-    else:
-        show(data, Console(highlight=False))
+app.add_typer(data_app, name="data")  # fdm data pack
 
 
 def main(argv: list[str] | None = None) -> None:

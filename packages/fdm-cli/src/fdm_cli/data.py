@@ -8,6 +8,10 @@ Sources (`D`):
   preferred), or one such file: e.g. ``/usr/share/datasets/fashion-mnist`` from Debian's
   ``dataset-fashion-mnist``.
 - a directory of images (png, jpg, jpeg, webp; searched recursively), grayscale or RGB.
+- WebDataset tar shards (`fdm_cli.shards`): ``shards/train-{000000..000127}.tar``, a tar
+  file, a ``pipe:`` URL, or a folder written by ``fdm data pack``.
+
+`load_dataset` decodes into memory; `fdm train` reads `fdm_cli.datacache` instead.
 
 Images are brought to ``resolution x resolution``: small size differences (28 -> 32) are
 zero-padded (``fit="auto"`` or ``"pad"``), anything else is resized (shorter side) and centre
@@ -20,7 +24,9 @@ therefore sees exactly the batches an uninterrupted one would, for any number of
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import UserError
 from .idx import find_idx_images, read_idx
 from .seeding import DATA_FLIP, DATA_ORDER, derive_seed
+from .walk import walk_files
 
 EMBEDDED = "fashion-mnist"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -136,27 +143,32 @@ def _match_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
 
 
 def list_images(directory: Path) -> list[Path]:
-    return sorted(
-        p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    return list(walk_files(directory, IMAGE_SUFFIXES))
 
 
-def _folder_images(directory: Path) -> list[Path]:
-    """`list_images`, or a UserError when there are none."""
-    paths = list_images(directory)
-    if not paths:
+def folder_images(directory: Path) -> Iterator[Path]:
+    """The images of `directory` (`fdm_cli.walk`), or a UserError when there are none."""
+    found = 0
+    for path in walk_files(directory, IMAGE_SUFFIXES):
+        found += 1
+        yield path
+    if not found:
         raise UserError(
             f"no images found in {directory} (looked recursively for "
             f"{', '.join(IMAGE_SUFFIXES)}; IDX files must be named *-images-idx3-ubyte[.gz])"
         )
-    return paths
 
 
-def open_image(path: Path, decode: bool = True) -> Image.Image:
-    """Open and decode an image, or raise a UserError naming the file. With ``decode=False``
-    only the header is read: the (closed) image still tells its mode and size."""
+def _open(source: Path | bytes) -> Image.Image:
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def open_image(path: Path | bytes, decode: bool = True, label: str = "") -> Image.Image:
+    """Open and decode an image (a file, or its bytes named `label`), or a UserError naming it.
+    ``decode=False`` reads the header only: the (closed) image still tells mode and size."""
+    source, path = path, label or path
     try:
-        with Image.open(path) as im:
+        with _open(source) as im:
             if not decode:
                 return im
             im.load()
@@ -177,16 +189,16 @@ def image_channels(im: Image.Image) -> int:
     return 1 if im.mode in GRAY_MODES else 3
 
 
-def folder_channels(paths: list[Path]) -> int:
-    """1 if every image is grayscale, else 3: the one grayscale rule (image headers only; an
-    unreadable image does not count, the loader skips or refuses it)."""
-    channels = 1
+def folder_channels(paths: Iterable[Path]) -> int:
+    """1 if every image is grayscale, else 3: the one grayscale rule (image headers only, up to
+    the first RGB one; an unreadable image does not count, the loader skips or refuses it)."""
     for p in paths:
         try:
-            channels = max(channels, image_channels(open_image(p, decode=False)))
+            if image_channels(open_image(p, decode=False)) == 3:
+                return 3
         except UserError:
             continue
-    return channels
+    return 1
 
 
 def pil_to_tensor(im: Image.Image, channels: int) -> torch.Tensor:
@@ -208,11 +220,14 @@ def _resize_pil(im: Image.Image, resolution: int, fit: Fit) -> Image.Image:
     return im
 
 
-def _decode_for_training(path: Path, resolution: int, fit: Fit) -> Image.Image:
-    """Decode one data image already reduced towards `resolution` (JPEG's DCT scaling through
-    `Image.draft`; `reduce` by whole factors for the rest), so a huge photo never costs its full
-    size twice; refuses more than MAX_DATA_PIXELS."""
-    header = open_image(path, decode=False)
+def _decode_for_training(
+    source: Path | bytes, resolution: int, fit: Fit, label: str
+) -> Image.Image:
+    """Decode one data image (a file, or its bytes named `label`) already reduced towards
+    `resolution` (JPEG's DCT scaling through `Image.draft`; `reduce` by whole factors for the
+    rest), so a huge photo never costs its full size twice; refuses more than MAX_DATA_PIXELS."""
+    path = label or source
+    header = open_image(source, decode=False, label=label)
     w, h = header.size
     if w * h > MAX_DATA_PIXELS:
         raise UserError(
@@ -220,7 +235,7 @@ def _decode_for_training(path: Path, resolution: int, fit: Fit) -> Image.Image:
             f"{MAX_DATA_PIXELS:,} (resize it first)"
         )
     try:
-        with Image.open(path) as im:
+        with _open(source) as im:
             if fit_mode(h, w, resolution, fit) != "pad":
                 scale = resolution / min(w, h)
                 im.draft(im.mode, (max(1, round(w * scale)), max(1, round(h * scale))))
@@ -233,58 +248,64 @@ def _decode_for_training(path: Path, resolution: int, fit: Fit) -> Image.Image:
         raise UserError(f"cannot read image {path}: {exc.__class__.__name__}: {exc}") from None
 
 
-def load_image_folder(
-    directory: Path,
-    resolution: int,
-    channels: int | None = None,
-    fit: Fit = "auto",
-    strict: bool = False,
-) -> ImageDataset:
-    """The folder's images, decoded one at a time. An unreadable image (corrupt, empty, not an
-    image, too large) is skipped with one warning that counts them and names the first few, or
-    refused with `strict`."""
-    paths = _folder_images(directory)
-    if channels is None:
-        channels = folder_channels(paths)
+def prepare_image(
+    source: Path | bytes, resolution: int, channels: int, fit: Fit, label: str = ""
+) -> torch.Tensor:
+    """One data image (a file, or its bytes named `label`) as uint8 ``(C, R, R)``."""
+    im = _decode_for_training(source, resolution, fit, label)
+    t = pil_to_tensor(_resize_pil(im, resolution, fit), channels)
+    return _to_uint8(fit_to_resolution(t.unsqueeze(0), resolution, "pad")[0])
+
+
+def folder_rows(
+    directory: Path, paths: Iterable[Path], resolution: int, channels: int, fit: Fit, strict: bool
+) -> Iterator[torch.Tensor]:
+    """The readable images of `paths` (in `directory`) as uint8 ``(C, R, R)``, one at a time.
+    An unreadable image (corrupt, empty, not an image, too large) is skipped with one warning
+    at the end that counts them and names the first few, or refused with `strict`."""
     skipped: list[tuple[Path, UserError]] = []
-    rows = []
+    total = 0
     for path in paths:
+        total += 1
         try:
-            im = _decode_for_training(path, resolution, fit)
+            row = prepare_image(path, resolution, channels, fit)
         except UserError as exc:
             if strict:
                 raise
             skipped.append((path, exc))
             continue
-        t = pil_to_tensor(_resize_pil(im, resolution, fit), channels)
-        rows.append(_to_uint8(fit_to_resolution(t.unsqueeze(0), resolution, "pad")[0]))
+        yield row
     if skipped:
         names = ", ".join(str(p.relative_to(directory)) for p, _ in skipped[:3])
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
         log.warning(
             "skipped %d unreadable file(s) of %d in %s: %s%s (first: %s; --strict refuses them)",
-            len(skipped), len(paths), directory, names, more, skipped[0][1],
+            len(skipped), total, directory, names, more, skipped[0][1],
         )  # fmt: skip
-    if not rows:
+    if len(skipped) == total:
         first = skipped[0][1]
         raise UserError(f"no readable image in {directory} ({len(skipped)} unreadable; {first})")
-    return ImageDataset(torch.stack(rows), str(directory))
 
 
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
 
-def _idx_dataset(path: Path, resolution: int, channels: int | None, fit: Fit) -> ImageDataset:
+def idx_chunks(
+    path: Path, resolution: int, channels: int | None, fit: Fit
+) -> Iterator[torch.Tensor]:
+    """An IDX images file as uint8 ``(n, C, R, R)`` chunks of at most 4096 images."""
     arr = read_idx(path)
     if arr.ndim != 3:
         raise UserError(f"{path}: expected grayscale images of shape (N, H, W), got {arr.shape}")
-    x = torch.from_numpy(arr.copy())[:, None]
-    chunks = []
-    for part in x.split(4096):
+    for start in range(0, len(arr), 4096):
+        part = torch.from_numpy(arr[start : start + 4096, None].copy())
         f = _match_channels(part.float(), channels)
-        chunks.append(_to_uint8(fit_to_resolution(f, resolution, fit)))
-    return ImageDataset(torch.cat(chunks), str(path))
+        yield _to_uint8(fit_to_resolution(f, resolution, fit))
+
+
+def _idx_dataset(path: Path, resolution: int, channels: int | None, fit: Fit) -> ImageDataset:
+    return ImageDataset(torch.cat(list(idx_chunks(path, resolution, channels, fit))), str(path))
 
 
 def _locate(source: str) -> tuple[Path, bool]:
@@ -318,24 +339,30 @@ def load_dataset(
     """Load `source` (see the module docstring) as a uint8 dataset at `resolution`.
 
     `channels` None follows the data (`probe_channels`); 1 or 3 converts. `strict` refuses a
-    folder holding an unreadable image instead of skipping it (`load_image_folder`).
+    folder holding an unreadable image instead of skipping it (`folder_rows`).
     """
     path, is_idx = _locate(source)
     if is_idx:
         return _idx_dataset(path, resolution, channels, fit)
-    return load_image_folder(path, resolution, channels, fit, strict)
+    channels = channels or folder_channels(folder_images(path))
+    rows = folder_rows(path, folder_images(path), resolution, channels, fit, strict)
+    return ImageDataset(torch.stack(list(rows)), str(path))
 
 
 def probe_channels(source: str, channels: int | None = None) -> int:
     """The channel count `load_dataset` produces, reading only headers (for the config).
 
-    `channels` when given; else 1 for IDX files (grayscale by format) and `folder_channels`
-    for a folder of images.
+    `channels` when given; else 1 for IDX files (grayscale by format), `folder_channels` for a
+    folder of images, and `shard_channels` for tar shards.
     """
     if channels is not None:
         return channels
+    from .shards import is_shard_source, shard_channels  # shards reads images through this module
+
+    if is_shard_source(source):
+        return shard_channels(source)
     path, is_idx = _locate(source)
-    return 1 if is_idx else folder_channels(_folder_images(path))
+    return 1 if is_idx else folder_channels(folder_images(path))
 
 
 class DataOrder:

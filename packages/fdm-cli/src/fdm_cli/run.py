@@ -21,27 +21,39 @@ from fdm_models import EMA, MultiStageUNet
 from . import checkpointing as ckpt
 from . import distributed as dist_
 from .config import TrainConfig, bundle_run_assets
-from .data import DataOrder, ImageDataset, load_dataset
 from .errors import UserError
 from .images import atomic_write_bytes, make_grid, save_png, stage_strip
 from .losslog import LossLog
 from .sample import LoadedModel, Samples, generate, strip_columns, strip_tile
 from .seeding import MODEL_INIT, TRAIN_STEP, derive_seed
 from .threads import ThreadTuner, configure_threads
+from .training_data import TrainingData, open_training_data
 
 Say = Callable[..., None]  # say(message, markup=False): print on rank 0 only
+COMPILE_BACKEND_ENV = "FDM_COMPILE_BACKEND"  # torch.compile backend of train.compile
 
 
 class LossModule(nn.Module):
-    """Wraps ``diffusion_loss`` so DDP sees one forward per step however many stage groups run."""
+    """Wraps ``diffusion_loss`` so DDP sees one forward per step however many stage groups run.
 
-    def __init__(self, process: FDMProcess, unet: MultiStageUNet) -> None:
+    With `bf16`, only the network call runs under bf16 autocast; the process math around it
+    (stage signals, interpolation, noise, targets) and the loss stay fp32 (docs/design.md §6.5).
+    `network` is `unet` or its ``torch.compile`` wrapper (same parameters).
+    """
+
+    def __init__(self, process: FDMProcess, network: nn.Module, bf16: bool = False) -> None:
         super().__init__()
         self.process = process
-        self.unet = unet
+        self.network = network
+        self.bf16 = bf16
+
+    def denoise(self, z: torch.Tensor, t: torch.Tensor, stage: int) -> torch.Tensor:
+        """F(z_t, t, k), under bf16 autocast when the run asks for it."""
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.network(z, t, stage)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, list]:
-        out = diffusion_loss(self.process, self.unet, x, generator=generator)
+        out = diffusion_loss(self.process, self.denoise, x, generator=generator)
         k = self.process.num_stages
         per_stage = [out.per_stage.get(s, math.nan) for s in range(k)]
         counts = [out.counts.get(s, 0) for s in range(k)]
@@ -55,8 +67,7 @@ class Run:
     cfg: TrainConfig
     ctx: dist_.DistContext
     run_dir: Path
-    dataset: ImageDataset
-    order: DataOrder
+    dataset: TrainingData
     process: FDMProcess
     unet: MultiStageUNet
     ema: EMA
@@ -75,8 +86,8 @@ class Run:
         seed = derive_seed(self.cfg.train.seed, TRAIN_STEP, self.step, ctx.rank)
         torch.manual_seed(seed)
         generator = torch.Generator(ctx.device).manual_seed(seed)
-        idx, flip = self.order.take(self.position + ctx.rank * per_rank, per_rank)
-        return self.dataset.batch(idx, flip).to(ctx.device), generator
+        x = self.dataset.rank_batch(self.position, per_rank, ctx.rank, ctx.world_size)
+        return x.to(ctx.device), generator
 
     def checkpoint(self) -> None:
         """Rank 0 saves the whole training state (and flushes the loss log and its plot)."""
@@ -128,8 +139,8 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext,
         say(f"removed {len(stale)} temporary file(s) an interrupted write left in {run_dir}")
     cfg = bundle_run_assets(cfg, run_dir)  # an autoencoder is copied into the run
     data = cfg.data
-    dataset = load_dataset(
-        data.source, cfg.process.resolution, cfg.process.channels, data.fit, data.strict
+    dataset = open_training_data(
+        data, cfg.process.resolution, cfg.process.channels, opts.seed, ctx.rank, ctx.world_size, say
     )
     process = FDMProcess(cfg.process)
     torch.manual_seed(derive_seed(opts.seed, MODEL_INIT))
@@ -154,7 +165,9 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext,
         log.start()
     if ctx.is_main:
         atomic_write_bytes(run_dir / ckpt.CONFIG_FILE, cfg.to_yaml().encode())
-    module: nn.Module = LossModule(process, unet)
+    module: nn.Module = LossModule(
+        process, compile_network(unet, opts.compile), bf16=opts.precision == "bf16"
+    )
     if ctx.enabled:
         find_unused = opts.find_unused_parameters
         if find_unused == "auto":
@@ -164,13 +177,11 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext,
             device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             find_unused_parameters=bool(find_unused),
         )
-    order = DataOrder(len(dataset), opts.seed, cfg.data.hflip)
     return Run(
         cfg,
         ctx,
         run_dir,
         dataset,
-        order,
         process,
         unet,
         ema,
@@ -183,6 +194,16 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext,
         elapsed,
         resumed=latest is not None and resume,
     )
+
+
+def compile_network(unet: MultiStageUNet, enabled: bool) -> nn.Module:
+    """`unet`, or ``torch.compile(unet)`` with ``train.compile``: inductor, or the backend named by
+    $FDM_COMPILE_BACKEND (the tests use aot_eager). The wrapper shares `unet`'s parameters and
+    only the training forward/backward runs through it: checkpoints, the EMA and sampling use
+    `unet` itself, so a state_dict never carries ``_orig_mod.`` prefixes."""
+    if not enabled:
+        return unet
+    return torch.compile(unet, backend=os.environ.get(COMPILE_BACKEND_ENV, "inductor"))
 
 
 def _load_state(

@@ -46,7 +46,7 @@ from fdm_models import Autoencoder, save_autoencoder
 
 from . import checkpointing as ckpt
 from .autoencoder_config import AutoencoderTrainConfig, resolve_autoencoder_config
-from .data import DataOrder, ImageDataset, load_dataset
+from .data import DataOrder
 from .distributed import resolve_device
 from .errors import UserError
 from .images import atomic_write_bytes, make_grid, save_png
@@ -57,6 +57,7 @@ from .progress import TrainProgress, graceful_stop
 from .seeding import MODEL_INIT, TRAIN_STEP, derive_seed
 from .threads import configure_threads
 from .train import budget_spent, learning_rate
+from .training_data import IndexedImages, open_indexed
 
 DEFAULT_RUN_DIR = Path("runs") / "autoencoder"
 RECONSTRUCTIONS = "reconstructions.png"
@@ -117,7 +118,7 @@ class AutoencoderResult:
     model: Autoencoder | None = None
 
 
-def _split(dataset: ImageDataset, holdout: int) -> int:
+def _split(dataset: IndexedImages, holdout: int) -> int:
     """The number of training images: all but the last `holdout`."""
     if holdout >= len(dataset):
         raise UserError(
@@ -189,9 +190,7 @@ def _train(
     if stale := ckpt.sweep_stale_temporaries(run_dir):
         console.print(f"removed {len(stale)} temporary file(s) an interrupted write left")
     data = cfg.data
-    dataset = load_dataset(
-        data.source, cfg.model.resolution, cfg.model.in_channels, data.fit, data.strict
-    )
+    dataset = open_indexed(data, cfg.model.resolution, cfg.model.in_channels)
     n_train = _split(dataset, opts.holdout)
     torch.manual_seed(derive_seed(opts.seed, MODEL_INIT))
     model = Autoencoder(cfg.model).to(device)
@@ -312,7 +311,7 @@ def _finish(
     cfg: AutoencoderTrainConfig,
     run_dir: Path,
     model: Autoencoder,
-    dataset: ImageDataset,
+    dataset: IndexedImages,
     n_train: int,
     step: int,
     elapsed: float,

@@ -1,0 +1,182 @@
+"""``fdm data pack FOLDER --out DIR``: an image folder as WebDataset tar shards.
+
+Each shard ``shard-NNNNNN.tar`` holds up to ``--shard-size`` samples ``KKKKKKKK.png`` (the
+image brought to ``--resolution`` once, lossless) or ``KKKKKKKK.<ext>`` (the original file,
+``--keep-original``); ``manifest.json`` gives the count, resolution, channels and each shard's
+name, count and SHA-256. Tar members carry no time stamps, so packing twice writes the same bytes.
+
+Every shard is written to a temporary file and renamed when complete, and the manifest last: an
+interrupted pack leaves no manifest (``fdm train --data DIR`` refuses the folder) and a folder
+that already holds files is refused unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from .errors import CommandGroup, UserError, cli_errors
+
+# data.py, shards.py and PIL load torch and numpy: imported where used, so that `fdm --help`
+# stays fast.
+
+data_app = typer.Typer(
+    cls=CommandGroup, no_args_is_help=True, help="Prepare training data (WebDataset shards)."
+)
+FORMAT = "fdm-shards/1"
+MANIFEST = "manifest.json"
+Fit = Literal["auto", "pad", "resize"]
+
+
+def _samples(
+    folder: Path, resolution: int | None, channels: int, fit: Fit, strict: bool
+) -> Iterator[tuple[str, bytes]]:
+    """(extension, bytes) of each readable image of `folder`, in sorted path order."""
+    from PIL import Image
+
+    from .data import folder_images, open_image, prepare_image
+
+    for path in folder_images(folder):
+        try:
+            if resolution is None:
+                open_image(path, decode=False)  # a readable header, or skipped
+                yield path.suffix.lower().lstrip("."), path.read_bytes()
+                continue
+            row = prepare_image(path, resolution, channels, fit)
+        except UserError:
+            if strict:
+                raise
+            continue
+        arr = row.permute(1, 2, 0).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(arr[..., 0] if channels == 1 else arr).save(buf, format="PNG")
+        yield "png", buf.getvalue()
+
+
+def _write_shard(path: Path, members: list[tuple[str, bytes]]) -> str:
+    """Write one tar atomically; returns its SHA-256."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                for name, data in members:
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mode = len(data), 0o644
+                    tar.addfile(info, io.BytesIO(data))
+            f.flush()
+            os.fsync(f.fileno())
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest
+
+
+def pack_folder(
+    folder: Path,
+    out: Path,
+    shard_size: int = 1000,
+    resolution: int | None = None,
+    channels: int | None = None,
+    fit: Fit = "auto",
+    strict: bool = False,
+) -> dict:
+    """Pack `folder` into shards under `out` (see the module docstring); returns the manifest."""
+    from .data import folder_channels, folder_images
+
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be at least 1 (got {shard_size})")
+    if resolution is not None and resolution < 1:
+        raise UserError(f"--resolution must be at least 1 (got {resolution})")
+    channels = channels or folder_channels(folder_images(folder))
+    out.mkdir(parents=True, exist_ok=True)
+    shards: list[dict] = []
+    batch: list[tuple[str, bytes]] = []
+
+    def flush() -> None:
+        name = f"shard-{len(shards):06d}.tar"
+        shards.append(
+            {"name": name, "count": len(batch), "sha256": _write_shard(out / name, batch)}
+        )
+        batch.clear()
+
+    count = 0
+    for ext, data in _samples(folder, resolution, channels, fit, strict):
+        batch.append((f"{count:08d}.{ext}", data))
+        count += 1
+        if len(batch) == shard_size:
+            flush()
+    if batch:
+        flush()
+    if not count:
+        raise UserError(f"no readable image in {folder}")
+    last = len(shards) - 1
+    manifest = {
+        "format": FORMAT,
+        "count": count,
+        "resolution": resolution,
+        "channels": channels,
+        "fit": fit if resolution is not None else None,
+        "pattern": f"shard-{{000000..{last:06d}}}.tar",
+        "shards": shards,
+    }
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+@data_app.command()
+@cli_errors
+def pack(
+    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="Folder for the shards and manifest.json.")],
+    shard_size: Annotated[int, typer.Option(help="Images per shard.")] = 1000,
+    resolution: Annotated[
+        int | None, typer.Option(help="Bring each image to this size once (stored as PNG).")
+    ] = None,
+    keep_original: Annotated[
+        bool, typer.Option(help="Store the original files (the default without --resolution).")
+    ] = False,
+    channels: Annotated[int | None, typer.Option(help="1 or 3 (default: follow the data).")] = None,
+    fit: Annotated[str, typer.Option(help="auto, pad or resize (see fdm train).")] = "auto",
+    strict: Annotated[
+        bool, typer.Option(help="Refuse an unreadable image (else skipped).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the shards in a non-empty --out.")
+    ] = False,
+) -> None:
+    """Pack an image folder into WebDataset tar shards with a manifest (count, SHA-256)."""
+    if resolution is not None and keep_original:
+        raise UserError("pass either --resolution or --keep-original, not both")
+    if channels not in (None, 1, 3):
+        raise UserError(f"--channels must be 1 or 3 (got {channels})")
+    if fit not in ("auto", "pad", "resize"):
+        raise UserError(f"--fit must be auto, pad or resize (got {fit!r})")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder of images")
+    from .outputs import check_outputs
+
+    empty = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    check_outputs([out], overwrite or empty, [folder])
+    if not empty:
+        (out / MANIFEST).unlink(missing_ok=True)  # the old shards are no longer a data set
+    manifest = pack_folder(folder, out, shard_size, resolution, channels, fit, strict)
+    written = {s["name"] for s in manifest["shards"]}
+    for old in out.glob("shard-*.tar"):  # shards of the replaced pack beyond the new ones
+        if old.name not in written:
+            old.unlink()
+    size = f"{resolution}x{resolution}" if resolution else "original size"
+    typer.echo(
+        f"packed {manifest['count']} images ({size}) into {len(manifest['shards'])} shard(s) "
+        f"in {out}: fdm train --data {out}"
+    )
