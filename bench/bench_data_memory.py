@@ -30,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", help="data set sizes (images)")
     parser.add_argument("--steps", type=int, help="training steps per run (default 10)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/fdm-bench-data-memory"))
+    work = Path(tempfile.gettempdir()) / "fdm-bench-data-memory"
+    parser.add_argument("--work", type=Path, default=work)
     parser.add_argument("--quick", action="store_true", help="1,000 and 5,000 images, 3 steps")
     parser.add_argument("--json", type=Path, help="results file (default bench/results/...)")
     args = parser.parse_args()

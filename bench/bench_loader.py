@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed training steps")
     parser.add_argument("--preset", default="fdm-ds", help="preset of the training step")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the train step")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/fdm-bench-loader"))
+    work = Path(tempfile.gettempdir()) / "fdm-bench-loader"
+    parser.add_argument("--work", type=Path, default=work)
     parser.add_argument("--quick", action="store_true", help="256 images, 3 batches, 1 step")
     parser.add_argument("--json", type=Path, help="results file (default bench/results/...)")
     if "--quick" in sys.argv[1:]:
