@@ -22,6 +22,8 @@ from fdm_cli.errors import UserError
 from fdm_cli.shards import ShardStream, expand_shards, rank_shards
 from fdm_cli.training_data import open_indexed, open_training_data
 
+from ..e2e.test_cli_subprocess import TINY
+from ..e2e.test_cli_subprocess import run as run_fdm
 from .conftest import refused
 from .test_data import write_idx
 from .test_train import _assert_same_run
@@ -290,3 +292,18 @@ def test_cli_resume_on_streamed_data_equals_one_run(
     result = cli("train", "--out", tmp_path / "split", "--max-steps", "4", "--resume", *common)
     assert result.exit_code == 0 and "resuming from" in result.output, result.output
     _assert_same_run(tmp_path / "whole", tmp_path / "split")
+
+
+def test_the_skip_warning_reaches_the_user_when_the_cache_is_built_and_reused(
+    tmp_path: Path, cache: Path
+) -> None:
+    """Bug caught (CI, 360-photo case): the build collected the warning with a logging handler,
+    which silenced Python's last-resort handler, so the first run never said what it skipped.
+    Real processes: in-process, pytest's own log handlers would hide the difference."""
+    folder = make_folder(tmp_path / "photos", 6)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    for attempt in ("built", "reused"):
+        run_dir = tmp_path / f"run-{attempt}"
+        done = run_fdm(["train", "--data", folder, "--out", run_dir, "--max-steps", "1", *TINY])
+        assert done.returncode == 0, done.stderr
+        assert "skipped 1 unreadable file(s) of 7" in done.stderr, (attempt, done.stderr)

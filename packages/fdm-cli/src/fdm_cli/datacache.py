@@ -127,15 +127,19 @@ def _rows(
         yield row.unsqueeze(0)
 
 
-class _WarningCollector(logging.Handler):
-    """Keeps the warnings a build logs, so that a reused cache repeats them."""
+class _WarningCollector(logging.Filter):
+    """Keeps the warnings a build logs, so that a reused cache repeats them. A filter, not a
+    handler: a handler on the logger would stop Python's last-resort handler from printing the
+    warning to the user during the build."""
 
     def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__()
         self.messages: list[str] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            self.messages.append(record.getMessage())
+        return True
 
 
 def _build(target: Path, source: str, rows: Iterator[torch.Tensor], channels: int, r: int) -> None:
@@ -145,7 +149,7 @@ def _build(target: Path, source: str, rows: Iterator[torch.Tensor], channels: in
     count = 0
     collector = _WarningCollector()
     data_log = logging.getLogger("fdm_cli.data")
-    data_log.addHandler(collector)
+    data_log.addFilter(collector)
     try:
         with tmp.open("wb") as f:
             f.write(bytes(HEADER_BYTES))
@@ -161,7 +165,7 @@ def _build(target: Path, source: str, rows: Iterator[torch.Tensor], channels: in
             os.fsync(f.fileno())
         os.replace(tmp, target)
     finally:
-        data_log.removeHandler(collector)
+        data_log.removeFilter(collector)
         tmp.unlink(missing_ok=True)
 
 
