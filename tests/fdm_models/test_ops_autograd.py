@@ -95,22 +95,47 @@ def test_outputs_never_alias_inputs() -> None:
 
 def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert custom_ops.resolve_ops_backend("auto", cpu) == "torch"
+    resolve = custom_ops.resolve_ops_backend
+    assert resolve("auto", cpu, op="upsample_nearest") == "torch"
     monkeypatch.setattr(custom_ops, "triton_available", lambda: True)
-    assert custom_ops.resolve_ops_backend("auto", cuda) == "triton"
+    # auto on CUDA follows the H200 kernel table: Triton only where it measured faster.
+    assert resolve("auto", cuda, op="upsample_nearest") == "triton"
+    assert resolve("auto", cuda, op="blur_separable", taps=5) == "triton"
+    assert resolve("auto", cuda, op="blur_separable", taps=13) == "torch"
+    assert resolve("auto", cuda, op="downsample_mean") == "torch"
+    assert resolve("auto", cpu, op="blur_separable", taps=3) == "torch"
+    assert resolve("triton", cuda, op="downsample_mean") == "triton"  # forcing still wins
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match=r"needs CUDA tensors.*TRITON_INTERPRET=1"):
-        custom_ops.resolve_ops_backend("triton", cpu)
+        resolve("triton", cpu, op="downsample_mean")
     monkeypatch.setattr(custom_ops, "triton_available", lambda: False)
-    assert custom_ops.resolve_ops_backend("auto", cuda) == "torch"
+    assert resolve("auto", cuda, op="upsample_nearest") == "torch"
     with pytest.raises(RuntimeError, match=r"fdm-models\[triton\]"):
-        custom_ops.resolve_ops_backend("triton", cuda)
+        resolve("triton", cuda, op="upsample_nearest")
+
+
+def test_auto_passes_each_op_and_blur_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The op wrappers tell ``auto`` which op runs and how long the blur kernel is."""
+    seen = []
+
+    def record(backend: str, device: torch.device, *, op: str, taps: int = 0) -> str:
+        seen.append((op, taps))
+        return "torch"
+
+    monkeypatch.setattr(custom_ops, "resolve_ops_backend", record)
+    x = torch.randn(1, 1, 8, 8)
+    ops.blur_separable(x, torch.ones(7) / 7)
+    ops.downsample_mean(x, 2)
+    ops.upsample_nearest(x, 2)
+    assert seen == [("blur_separable", 7), ("downsample_mean", 0), ("upsample_nearest", 0)]
 
 
 def test_env_variable_picks_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
     monkeypatch.setattr(
-        custom_ops, "resolve_ops_backend", lambda backend, device: seen.append(backend) or "torch"
+        custom_ops,
+        "resolve_ops_backend",
+        lambda backend, device, **_: seen.append(backend) or "torch",
     )
     monkeypatch.setenv("FDM_OPS_BACKEND", "torch")
     ops.upsample_nearest(torch.randn(1, 1, 2, 2), 2)

@@ -1,8 +1,10 @@
 """The blur and resampling ops as ``torch.library`` custom ops in the ``fdm`` namespace.
 
 Each op takes a ``backend`` string: ``"triton"`` runs the Triton kernel, ``"torch"`` the
-reference in :mod:`fdm_models.ops.reference`, ``"auto"`` picks Triton for CUDA tensors when
-Triton is importable and torch otherwise. The public wrappers read the default from the
+reference in :mod:`fdm_models.ops.reference`, ``"auto"`` picks, for CUDA tensors with Triton
+importable, whichever path measured faster on an H200 (BENCHMARKS.md, "Triton kernels"): Triton
+for nearest up-sampling and for blurs of at most ``AUTO_TRITON_MAX_TAPS`` taps, torch for mean
+down-sampling and longer blurs; torch everywhere else. The public wrappers read the default from the
 environment variable ``FDM_OPS_BACKEND`` (``auto`` when unset). Forcing ``triton`` on CPU tensors
 works only under the Triton interpreter (``TRITON_INTERPRET=1``, used by the tests).
 
@@ -27,6 +29,11 @@ from . import reference
 
 OPS_BACKENDS = ("auto", "torch", "triton")
 OPS_BACKEND_ENV = "FDM_OPS_BACKEND"
+# ``auto`` on CUDA, from the H200 kernel table (64x3x256x256): a 5-tap blur ran at 1.03-1.26x of
+# torch, a 13-tap blur at 0.72-0.80x; nearest up-sampling at 1.41-1.61x; mean down-sampling at
+# 0.38-0.58x (torch's pooling kernel is bandwidth-bound and hard to beat).
+AUTO_TRITON_MAX_TAPS = 5
+AUTO_TRITON_OPS = ("blur_separable", "upsample_nearest")
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +64,24 @@ def default_ops_backend() -> str:
     return backend
 
 
-def resolve_ops_backend(backend: str, device: torch.device | str) -> str:
-    """The concrete backend (``torch`` or ``triton``) that runs an op on ``device``."""
+def _auto_picks_triton(op: str, taps: int) -> bool:
+    """Whether Triton measured faster than torch for ``op`` on CUDA (see AUTO_TRITON_OPS)."""
+    return op in AUTO_TRITON_OPS and (op != "blur_separable" or taps <= AUTO_TRITON_MAX_TAPS)
+
+
+def resolve_ops_backend(backend: str, device: torch.device | str, *, op: str, taps: int = 0) -> str:
+    """The concrete backend (``torch`` or ``triton``) that runs ``op`` on ``device``.
+
+    ``op`` is ``blur_separable``, ``downsample_mean`` or ``upsample_nearest``; ``taps`` is the
+    blur kernel's length. Both only matter for ``auto`` on CUDA.
+    """
     device = torch.device(device)
     if backend not in OPS_BACKENDS:
         raise ValueError(f"ops backend {backend!r} is not one of {', '.join(OPS_BACKENDS)}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        if device.type != "cuda" or not triton_available():
+            return "torch"
+        return "triton" if _auto_picks_triton(op, taps) else "torch"
     if backend == "triton":
         if not triton_available():
             raise RuntimeError(
@@ -125,7 +143,7 @@ def _check_upsample(x: torch.Tensor, factor: int) -> None:
 def blur_separable_op(x: torch.Tensor, kernel: torch.Tensor, backend: str) -> torch.Tensor:
     """Separable blur with reflect padding (see :func:`fdm_models.ops.reference.blur_separable`)."""
     _check_blur(x, kernel)
-    if resolve_ops_backend(backend, x.device) == "triton":
+    if resolve_ops_backend(backend, x.device, op="blur_separable", taps=kernel.numel()) == "triton":
         return _kernels().blur_separable(x, kernel)
     return reference.blur_separable(x, kernel).contiguous()
 
@@ -184,7 +202,7 @@ blur_separable_op.register_autograd(_blur_backward, setup_context=_blur_setup_co
 def downsample_mean_op(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
     """Mean over non-overlapping factor x factor blocks."""
     _check_downsample(x, factor)
-    if resolve_ops_backend(backend, x.device) == "triton":
+    if resolve_ops_backend(backend, x.device, op="downsample_mean") == "triton":
         return _kernels().downsample_mean(x, factor)
     return reference.downsample_mean(x, factor).contiguous()
 
@@ -199,7 +217,7 @@ def _(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
 def upsample_nearest_op(x: torch.Tensor, factor: int, backend: str) -> torch.Tensor:
     """Repeat every pixel into a factor x factor block."""
     _check_upsample(x, factor)
-    if resolve_ops_backend(backend, x.device) == "triton":
+    if resolve_ops_backend(backend, x.device, op="upsample_nearest") == "triton":
         return _kernels().upsample_nearest(x, factor)
     return reference.upsample_nearest(x, factor).contiguous()
 
