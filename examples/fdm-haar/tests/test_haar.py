@@ -53,6 +53,12 @@ def test_params_and_shapes_are_checked() -> None:
     assert HaarLowPass(levels=2).out_shape((3, 8, 12)) == (3, 8, 12)
     with pytest.raises(ValueError, match=r"multiples of 2\*\*levels = 4, got 8x10"):
         HaarLowPass(levels=2).out_shape((3, 8, 10))
+    with pytest.raises(ValueError, match=r"multiples of 2\*\*levels = 4, got 8x10"):
+        HaarLowPass(levels=2).encode(torch.randn(1, 3, 8, 10))  # unfold would drop a column
+    with pytest.raises(ValueError, match=r"batch of shape \(B, C, H, W\).*got a tensor of shape"):
+        HaarLowPass(levels=2).decode(torch.randn(3, 8, 8))
+    with pytest.raises(ValueError, match="three positive integers"):
+        HaarLowPass(levels=1).out_shape((8, 8))
     with pytest.raises(ValidationError, match="levels"):
         HaarLowPass(levels=0)
     with pytest.raises(ValidationError, match="extra"):

@@ -56,7 +56,7 @@ class HaarLowPass(SignalTransform):
     Params = HaarParams
 
     def out_shape(self, shape: Shape) -> Shape:
-        channels, height, width = shape
+        channels, height, width = self.validate_shape(shape)
         block = 2**self.params.levels
         if height % block or width % block:
             raise ValueError(
@@ -66,6 +66,7 @@ class HaarLowPass(SignalTransform):
         return (channels, height, width)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.out_shape(self.validate_batch(x))  # one clear error for a wrong batch
         ll = x
         for _ in range(self.params.levels):
             ll, _details = haar2d(ll)
@@ -74,4 +75,5 @@ class HaarLowPass(SignalTransform):
         return ll
 
     def decode(self, y: torch.Tensor) -> torch.Tensor:
+        self.out_shape(self.validate_batch(y))
         return y
