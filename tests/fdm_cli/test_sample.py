@@ -186,7 +186,10 @@ def test_env_reports_stack(cli) -> None:
     info = json.loads(result.stdout)
     assert info["torch"] == torch.__version__
     assert info["attention_backend"]["cpu"] in ("sdpa", "math")
+    assert info["ops_backend"]["cpu"] == "torch"  # Triton kernels need CUDA tensors
     assert info["packages"]["fdm-cli"] == "0.1.0"
     assert {"python", "triton", "xformers", "cuda_available"} <= set(info)
     text = cli("env")
-    assert text.exit_code == 0 and "attention" in text.stdout
+    assert (
+        text.exit_code == 0 and "attention" in text.stdout and "blur/resampling ops" in text.stdout
+    )

@@ -114,6 +114,20 @@ def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve("triton", cuda, op="upsample_nearest")
 
 
+def test_ops_summary_names_each_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fdm env` says which ops run where: one name when all agree, the split for auto on CUDA."""
+    monkeypatch.delenv("FDM_OPS_BACKEND", raising=False)
+    monkeypatch.setattr(custom_ops, "triton_available", lambda: True)
+    assert ops.ops_summary("cpu") == "torch"
+    assert ops.ops_summary("cuda") == (
+        "triton: upsample_nearest, blur <= 5 taps; torch: downsample_mean, longer blurs"
+    )
+    monkeypatch.setenv("FDM_OPS_BACKEND", "triton")
+    assert ops.ops_summary("cuda") == "triton"
+    monkeypatch.setenv("FDM_OPS_BACKEND", "torch")
+    assert ops.ops_summary("cuda") == "torch"
+
+
 def test_auto_passes_each_op_and_blur_length(monkeypatch: pytest.MonkeyPatch) -> None:
     """The op wrappers tell ``auto`` which op runs and how long the blur kernel is."""
     seen = []

@@ -70,16 +70,23 @@ def _version(dist: str) -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    """Versions of python, torch, triton, xformers and the fdm packages; CUDA and attention."""
+    """Versions of python, torch, triton, xformers and the fdm packages; CUDA, attention and the
+    backend of the blur / resampling ops."""
     import torch
 
     from fdm_models import resolve_attention_backend, xformers_available, xformers_failure
+    from fdm_models.ops import ops_summary
 
     cuda = torch.cuda.is_available()
     count = torch.cuda.device_count() if cuda else 0
     devices = [torch.cuda.get_device_name(i) for i in range(count)]
     attention: dict[str, str] = {}
+    ops: dict[str, str] = {}
     for device in ["cpu"] + (["cuda"] if cuda else []):
+        try:
+            ops[device] = ops_summary(device)
+        except Exception as exc:  # e.g. FDM_OPS_BACKEND=triton without triton
+            ops[device] = f"error: {exc}"
         try:
             attention[device] = resolve_attention_backend("auto", device)
             reason = xformers_failure(torch.device(device)) if xformers_available() else None
@@ -104,6 +111,7 @@ def environment() -> dict[str, Any]:
         "cuda_devices": devices,
         "bf16_supported": bool(cuda and torch.cuda.is_bf16_supported()) or not cuda,
         "attention_backend": attention,
+        "ops_backend": ops,
         "packages": {name: _version(name) for name in PACKAGES},
         "plugins": {
             "components": counts,
@@ -134,6 +142,7 @@ def print_environment(info: dict[str, Any], console: Console) -> None:
             else "not available",
         ),
         ("attention", ", ".join(f"{d}: {b}" for d, b in info["attention_backend"].items())),
+        ("blur/resampling ops", " | ".join(f"{d}: {b}" for d, b in info["ops_backend"].items())),
     ]
     rows += [(name, version or missing) for name, version in info["packages"].items()]
     plugins = info["plugins"]

@@ -97,6 +97,24 @@ def resolve_ops_backend(backend: str, device: torch.device | str, *, op: str, ta
     return backend
 
 
+def ops_summary(device: torch.device | str) -> str:
+    """Which backend runs each op on `device` under ``FDM_OPS_BACKEND`` (for ``fdm env``):
+    one backend name, or ``triton: ...; torch: ...`` when ``auto`` splits the ops."""
+    backend = default_ops_backend()
+    cases = {
+        "upsample_nearest": ("upsample_nearest", 0),
+        f"blur <= {AUTO_TRITON_MAX_TAPS} taps": ("blur_separable", AUTO_TRITON_MAX_TAPS),
+        "downsample_mean": ("downsample_mean", 0),
+        "longer blurs": ("blur_separable", AUTO_TRITON_MAX_TAPS + 2),
+    }
+    picks: dict[str, list[str]] = {}
+    for label, (op, taps) in cases.items():
+        picks.setdefault(resolve_ops_backend(backend, device, op=op, taps=taps), []).append(label)
+    if len(picks) == 1:
+        return next(iter(picks))
+    return "; ".join(f"{name}: {', '.join(labels)}" for name, labels in picks.items())
+
+
 def _check_image(x: torch.Tensor, name: str) -> None:
     if x.dim() != 4:
         raise ValueError(f"{name} expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
