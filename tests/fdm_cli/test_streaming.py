@@ -4,9 +4,11 @@ their seeded per-rank order, and `fdm data pack`."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fdm_cli import datacache
+from fdm_cli import datacache, shards
 from fdm_cli.config import DataConfig
 from fdm_cli.data import DataOrder, load_dataset
 from fdm_cli.data_cmd import pack_folder
@@ -307,3 +309,61 @@ def test_the_skip_warning_reaches_the_user_when_the_cache_is_built_and_reused(
         done = run_fdm(["train", "--data", folder, "--out", run_dir, "--max-steps", "1", *TINY])
         assert done.returncode == 0, done.stderr
         assert "skipped 1 unreadable file(s) of 7" in done.stderr, (attempt, done.stderr)
+
+
+def _png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), value).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_shard(path: Path, images: list[bytes], first_key: int) -> None:
+    with tarfile.open(path, "w") as tar:
+        for i, data in enumerate(images, start=first_key):
+            info = tarfile.TarInfo(f"{i:04d}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture
+def shards_with_bad_images(tmp_path: Path) -> str:
+    """Two shards of 8 images, solid grays 20 i; images 2, 3 and 6 are not PNGs."""
+    images = [b"not a png" if i in (2, 3, 6) else _png(20 * i) for i in range(8)]
+    _write_shard(tmp_path / "s-0.tar", images[:4], 0)
+    _write_shard(tmp_path / "s-1.tar", images[4:], 4)
+    return str(tmp_path / "s-{0..1}.tar")
+
+
+def test_an_undecodable_shard_image_is_replaced_by_the_next_one(
+    shards_with_bad_images: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bug caught: one corrupt image in a third-party shard stopped a long run; and a
+    replacement that consumed the next image (or depended on where the stream started)."""
+
+    def stream() -> ShardStream:
+        return ShardStream(shards_with_bad_images, 8, 1, "auto", seed=5, hflip=False)
+
+    with caplog.at_level("WARNING", logger="fdm_cli.shards"):
+        full = stream().take(0, 40)  # 5 epochs of 8 slots
+    values = [round((v + 1) * 127.5) for v in full[:, 0, 0, 0].tolist()]
+    good = {0, 20, 80, 100, 140}
+    assert set(values) <= good  # every slot holds a readable image
+    # the next image keeps its own slot too: every epoch shows each readable image
+    assert all(good <= set(values[e * 8 : (e + 1) * 8]) for e in range(5))
+    assert len(caplog.records) == 3  # one warning per bad image, not one per epoch
+    assert "0002.png" in caplog.text and "--strict refuses" in caplog.text
+    for start in (1, 6, 13, 22):  # a resumed stream makes the same replacements
+        assert torch.equal(stream().take(start, 40 - start), full[start:])
+
+
+def test_strict_refuses_an_undecodable_shard_image(
+    shards_with_bad_images: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    strict = ShardStream(shards_with_bad_images, 8, 1, "auto", seed=5, hflip=False, strict=True)
+    with pytest.raises(UserError, match=r"cannot read image .*\.png.*--lenient"):
+        strict.take(0, 8)
+    all_bad = Path(shards_with_bad_images).parent / "bad-0.tar"
+    _write_shard(all_bad, [b"not a png"] * 3, 0)
+    monkeypatch.setattr(shards, "MAX_LOOKAHEAD", 10)
+    with pytest.raises(UserError, match=r"the 10 samples after it .* do not decode"):
+        ShardStream(str(all_bad), 8, 1, "auto", seed=0, hflip=False).take(0, 1)

@@ -53,7 +53,9 @@ class DataConfig(Section):
     )
     hflip: bool = Field(True, description="random horizontal flips (seeded by position)")
     strict: bool = Field(
-        False, description="refuse a folder holding an unreadable image instead of skipping it"
+        False,
+        description="refuse unreadable images instead of skipping them (a folder) or replacing "
+        "them by the next readable one (tar shards)",
     )
     cache_dir: str | None = Field(
         None,

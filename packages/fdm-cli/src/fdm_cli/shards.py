@@ -14,14 +14,20 @@ is therefore a function of (seed, rank, world size, sample number). Resume repla
 samples consumed before are skipped without decoding (whole epochs are skipped by count when a
 manifest gives the shard sizes), so a resumed run sees the same samples as an uninterrupted one
 with the same number of ranks.
+
+An image that does not decode is replaced by the first decodable image after it in the stream
+(a look-ahead, so a resumed stream makes the same choice), with one warning per image; with
+``strict`` (``--strict``) it stops the run with a one-line error instead.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import tarfile
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +41,10 @@ from .seeding import DATA_FLIP, DATA_ORDER, derive_seed
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 SHUFFLE_BUFFER = 256
+MAX_LOOKAHEAD = 1024  # undecodable samples in a row before the stream gives up
 EXTRA_HINT = "pip install 'fdm-cli[webdataset]'"
+
+logger = logging.getLogger(__name__)
 
 
 def _webdataset() -> Any:
@@ -158,12 +167,16 @@ class ShardStream:
         hflip: bool,
         rank: int = 0,
         world_size: int = 1,
+        strict: bool = False,
     ) -> None:
         self.source, self.resolution, self.channels, self.fit = source, resolution, channels, fit
         self.seed, self.hflip, self.rank, self.world_size = seed, hflip, rank, world_size
+        self.strict = strict
         self.urls, self.counts = expand_shards(source)
         rank_shards(self.urls, seed, 0, rank, world_size)  # refuse too few shards now
         self._it: Iterator[tuple[bytes, str, bool]] | None = None
+        self._ahead: deque[tuple[bytes, str, bool]] = deque()  # read from _it, not yet used
+        self._warned: set[str] = set()
         self._consumed = 0
 
     def __len__(self) -> int:
@@ -219,13 +232,42 @@ class ShardStream:
         """Float images in [-1, 1] for this rank's samples ``local_position ..`` (+ `count`)."""
         if self._it is None or local_position != self._consumed:
             self._it = self._stream(local_position)
+            self._ahead.clear()
         rows = []
         for _ in range(count):
-            data, label, flip = next(self._it)
-            row = prepare_image(data, self.resolution, self.channels, self.fit, label)
+            data, label, flip = self._ahead.popleft() if self._ahead else next(self._it)
+            row = self._decode(data, label)
+            if row is None:
+                row = self._next_decodable(label)
             rows.append(row.flip(-1) if flip else row)
         self._consumed = local_position + count
         return torch.stack(rows).float().div_(127.5).sub_(1.0)
+
+    def _decode(self, data: bytes, label: str) -> torch.Tensor | None:
+        """The training image, or None (warned once per image) when it does not decode."""
+        try:
+            return prepare_image(data, self.resolution, self.channels, self.fit, label)
+        except UserError as exc:
+            if self.strict:
+                raise UserError(f"{exc} (--lenient replaces it by the next image)") from None
+            if label not in self._warned:
+                self._warned.add(label)
+                logger.warning("%s: replaced by the next readable image (--strict refuses)", exc)
+            return None
+
+    def _next_decodable(self, label: str) -> torch.Tensor:
+        """The first decodable image after the current sample, read ahead (and kept for its own
+        turn), so that the replacement depends only on the stream, not on where it started."""
+        for i in range(MAX_LOOKAHEAD):
+            if i == len(self._ahead):
+                self._ahead.append(next(self._it))
+            data, ahead_label, _ = self._ahead[i]
+            row = self._decode(data, ahead_label)
+            if row is not None:
+                return row
+        raise UserError(
+            f"{label} and the {MAX_LOOKAHEAD} samples after it in {self.source!r} do not decode"
+        )
 
     def rank_batch(self, position: int, per_rank: int, rank: int, world_size: int) -> torch.Tensor:
         """This rank's `per_rank` images of the global batch at stream `position`."""

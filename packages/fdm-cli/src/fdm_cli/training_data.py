@@ -63,7 +63,15 @@ def open_training_data(
     `say` is told when a folder or IDX file is decoded into its cache."""
     if is_shard_source(data.source):
         return ShardStream(
-            data.source, resolution, channels, data.fit, seed, data.hflip, rank, world_size
+            data.source,
+            resolution,
+            channels,
+            data.fit,
+            seed,
+            data.hflip,
+            rank,
+            world_size,
+            data.strict,
         )
     return IndexedData(open_indexed(data, resolution, channels, say), seed, data.hflip)
 
