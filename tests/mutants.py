@@ -154,6 +154,14 @@ MUTANTS = {
         "self._it = self._stream(0)",
         (f"{STREAMING}::test_shard_stream_resumes_exactly",),
     ),
+    "shard-replacement-consumes-the-next-image": Mutant(
+        "an undecodable shard image is replaced by the next one, which then loses its own slot",
+        "fdm_cli.shards",
+        "ShardStream._next_decodable",
+        "data, ahead_label, _ = self._ahead[i]",
+        "data, ahead_label, _ = self._ahead.popleft()",
+        (f"{STREAMING}::test_an_undecodable_shard_image_is_replaced_by_the_next_one",),
+    ),
     "ranks-read-the-same-shards": Mutant(
         "every DDP rank reads the first rank's share of the shards",
         "fdm_cli.shards",
