@@ -6,7 +6,7 @@ A citation is ``docs/design.md`` followed by sections and/or equation labels, e.
 ``(E25-E27)``) both ends are checked. Each section must be a heading ``## §N Title`` /
 ``### §N.M Title`` of docs/design.md and each label an ``(En)`` ending an indented equation
 line there. The repository must not cite a design document
-outside itself (any other ``DESIGN.md``), nor hard-code absolute paths of the machine it was
+outside itself, nor hard-code absolute paths of the machine it was
 written on. Pure text scanning: no torch needed.
 """
 
@@ -138,7 +138,8 @@ def test_no_citation_of_an_outside_design_document() -> None:
                     outside.append(_where(path, lineno, line))
                     break
     assert not outside, (
-        "these cite a DESIGN.md outside the repository; cite docs/design.md §N (En) instead:\n"
+        "these cite a design document outside the repository; cite docs/design.md §N (En) "
+        "instead:\n"
         + "\n".join(outside)
     )
 
