@@ -6,7 +6,8 @@ importable, whichever path measured faster on an H200 (BENCHMARKS.md, "On a GPU:
 H200"): Triton for nearest up-sampling and for blurs of at most ``AUTO_TRITON_MAX_TAPS`` taps,
 torch for mean down-sampling and longer blurs; torch everywhere else. The public wrappers read
 the default from the environment variable ``FDM_OPS_BACKEND`` (``auto`` when unset). Forcing
-``triton`` on CPU tensors works only under the Triton interpreter (``TRITON_INTERPRET=1``, used by the tests).
+``triton`` on CPU tensors works only under the Triton interpreter (``TRITON_INTERPRET=1``, used
+by the tests).
 
 Every op has a fake (meta) implementation and an autograd formula (docs/design.md §12.1 (E34)):
 the backward of mean down-sampling is nearest up-sampling / factor², that of nearest up-sampling
