@@ -139,8 +139,7 @@ def test_no_citation_of_an_outside_design_document() -> None:
                     break
     assert not outside, (
         "these cite a design document outside the repository; cite docs/design.md §N (En) "
-        "instead:\n"
-        + "\n".join(outside)
+        "instead:\n" + "\n".join(outside)
     )
 
 
