@@ -55,9 +55,13 @@ class Conditioning(nn.Module):
         self.stage_embedding = nn.Embedding(num_stages, cond_dim)
         nn.init.normal_(self.stage_embedding.weight, std=0.02)
 
-    def forward(self, t: torch.Tensor, stage: int) -> torch.Tensor:
-        features = timestep_embedding(t, self.base_channels).to(self.stage_embedding.weight.dtype)
-        return self.time_mlp(features) + self.stage_embedding.weight[stage]
+    def forward(self, t: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """cond for rows in stage order: the first counts[0] rows are stage 0's, and so on."""
+        weight = self.stage_embedding.weight
+        features = timestep_embedding(t, self.base_channels).to(weight.dtype)
+        stage_rows = [weight[k].expand(n, -1) for k, n in enumerate(counts) if n]
+        embedding = stage_rows[0] if len(stage_rows) == 1 else torch.cat(stage_rows)
+        return self.time_mlp(features) + embedding
 
 
 class ResBlock(nn.Module):

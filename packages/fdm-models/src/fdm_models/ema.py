@@ -50,15 +50,21 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Average the current weights of ``model`` into the shadow copy."""
+        """Average the current weights of ``model`` into the shadow copy: one foreach lerp over
+        every parameter (E24) and one foreach copy of the buffers, with no read of any value."""
         decay = self.current_decay()
-        state = unwrap_model(model).state_dict()
-        for name, shadow in self.shadow.items():
-            value = state[name].detach()
-            if name in self._parameter_names:
-                shadow.lerp_(value.to(shadow.dtype), 1.0 - decay)
-            else:
-                shadow.copy_(value)
+        model = unwrap_model(model)
+        current = dict(model.named_parameters())
+        current.update(model.named_buffers())
+        averaged = [(self.shadow[n], current[n]) for n in self.shadow if n in self._parameter_names]
+        copied = [
+            (self.shadow[n], current[n]) for n in self.shadow if n not in self._parameter_names
+        ]
+        if averaged:
+            shadows = [s for s, _ in averaged]
+            torch._foreach_lerp_(shadows, [v.detach().to(s.dtype) for s, v in averaged], 1 - decay)
+        if copied:
+            torch._foreach_copy_([s for s, _ in copied], [v.detach() for _, v in copied])
         self.step += 1
 
     @torch.no_grad()

@@ -11,6 +11,7 @@ their heads; latent stages with other channel counts simply get heads of their o
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -145,42 +146,92 @@ class MultiStageUNet(nn.Module):
             return checkpoint(module, *args, use_reentrant=False)
         return module(*args)
 
+    packs_stages = True
+    """Capability read by `fdm_core.diffusion_loss`: `forward_packed` runs every stage at once."""
+
     def forward(self, z: torch.Tensor, t: torch.Tensor, stage: int) -> torch.Tensor:
         """Network output for a batch ``z`` of stage-``stage`` signals at times ``t`` (B,)."""
-        config = self.config
         stage = operator.index(stage)
-        if not 0 <= stage < config.num_stages:
-            raise ValueError(f"stage {stage} is out of range 0..{config.num_stages - 1}")
-        expected = tuple(config.stage_shapes[stage])
+        if not 0 <= stage < self.config.num_stages:
+            raise ValueError(f"stage {stage} is out of range 0..{self.config.num_stages - 1}")
+        if t.dim() == 0:
+            t = t.expand(z.shape[0])
+        zs = [z if k == stage else None for k in range(self.config.num_stages)]
+        return self.forward_packed(zs, t)[stage]
+
+    def forward_packed(
+        self, zs: Sequence[torch.Tensor | None], t: torch.Tensor
+    ) -> list[torch.Tensor | None]:
+        """Every stage in one call (docs/design.md §6.6): ``zs[k]`` holds stage k's rows
+        (n_k, *stage_shapes[k]) or is None, ``t`` (sum n_k,) their times in stage order; returns
+        the outputs per stage (None where ``zs[k]`` is None).
+
+        Rows are packed by entry level: at encoder level l the rows coming down from finer
+        stages are joined (along the batch) by the input-head output of the stages entering at l;
+        the middle block sees every row; in the decoder each stage's rows, the last ones at its
+        entry level, leave through its own output head and the rest go up. GroupNorm,
+        convolutions and attention act per sample, so every row gets the output a separate
+        per-stage call gives it."""
+        config = self.config
+        if len(zs) != config.num_stages:
+            raise ValueError(f"expected {config.num_stages} stage batches, got {len(zs)}")
+        counts = [0 if z is None else self._check_stage_batch(z, k) for k, z in enumerate(zs)]
+        if t.shape != (sum(counts),):
+            raise ValueError(f"t must have shape ({sum(counts)},), got {tuple(t.shape)}")
+        present = [k for k in self._packing_order if zs[k] is not None]
+        if not present:
+            raise ValueError("forward_packed needs at least one stage batch")
+        levels = self.stage_levels
+        cond = self.conditioning(t, counts)
+        if present != sorted(present):  # entry levels not in stage order: reorder the rows
+            offsets = [sum(counts[:k]) for k in range(config.num_stages)]
+            cond = torch.cat([cond[offsets[k] : offsets[k] + counts[k]] for k in present])
+        lowest = levels[present[0]]
+        rows_to = {  # rows alive at each level: the stages entering at or above it
+            level: sum(counts[k] for k in present if levels[k] <= level)
+            for level in range(lowest - 1, config.num_levels)
+        }
+
+        h: torch.Tensor | None = None
+        skips = []
+        for level in range(lowest, config.num_levels):
+            heads = [self.input_heads[k](zs[k]) for k in present if levels[k] == level]
+            if heads:
+                h = torch.cat(heads if h is None else [h, *heads])
+            skips.append(h)  # the entry skip: input heads and the level above's down-sampling
+            block, c = self.encoder[level], cond[: rows_to[level]]
+            for res, attn in zip(block.res_blocks, block.attentions, strict=True):
+                h = self._run(attn, self._run(res, h, c))
+                skips.append(h)
+            if block.downsample is not None:
+                h = self._run(block.downsample, h)
+        h = self._run(self.middle.res_in, h, cond)
+        h = self._run(self.middle.attention, h)
+        h = self._run(self.middle.res_out, h, cond)
+        outputs: list[torch.Tensor | None] = [None] * config.num_stages
+        for level in reversed(range(lowest, config.num_levels)):
+            block, c = self.decoder[level], cond[: rows_to[level]]
+            for res, attn in zip(block.res_blocks, block.attentions, strict=True):
+                h = self._run(attn, self._run(res, torch.cat([h, skips.pop()], dim=1), c))
+            row = rows_to[level - 1]  # the stages entering here are the last rows: they leave
+            for k in (k for k in present if levels[k] == level):
+                outputs[k] = self.output_heads[k](h[row : row + counts[k]])
+                row += counts[k]
+            if level > lowest:
+                h = self._run(block.upsample, h[: rows_to[level - 1]])
+        return outputs
+
+    @property
+    def _packing_order(self) -> list[int]:
+        """Stages sorted by entry level (stable): the row order inside `forward_packed`."""
+        return sorted(range(self.config.num_stages), key=lambda k: self.stage_levels[k])
+
+    def _check_stage_batch(self, z: torch.Tensor, stage: int) -> int:
+        """The number of rows of a stage-``stage`` batch ``z``; ValueError for a wrong shape."""
+        expected = tuple(self.config.stage_shapes[stage])
         if z.dim() != 4 or tuple(z.shape[1:]) != expected:
             raise ValueError(
                 f"stage {stage} expects z of shape (B, {', '.join(map(str, expected))}), "
                 f"got {tuple(z.shape)}"
             )
-        if t.dim() == 0:
-            t = t.expand(z.shape[0])
-        if t.shape != (z.shape[0],):
-            raise ValueError(f"t must have shape ({z.shape[0]},), got {tuple(t.shape)}")
-
-        entry = self.stage_levels[stage]
-        cond = self.conditioning(t, stage)
-        h = self.input_heads[stage](z)
-        skips = [h]
-        for level in range(entry, config.num_levels):
-            block = self.encoder[level]
-            for res, attn in zip(block.res_blocks, block.attentions, strict=True):
-                h = self._run(attn, self._run(res, h, cond))
-                skips.append(h)
-            if block.downsample is not None:
-                h = self._run(block.downsample, h)
-                skips.append(h)
-        h = self._run(self.middle.res_in, h, cond)
-        h = self._run(self.middle.attention, h)
-        h = self._run(self.middle.res_out, h, cond)
-        for level in reversed(range(entry, config.num_levels)):
-            block = self.decoder[level]
-            for res, attn in zip(block.res_blocks, block.attentions, strict=True):
-                h = self._run(attn, self._run(res, torch.cat([h, skips.pop()], dim=1), cond))
-            if level > entry:
-                h = self._run(block.upsample, h)
-        return self.output_heads[stage](h)
+        return z.shape[0]
