@@ -42,9 +42,9 @@ MUTANTS = {
     "ddim-noise-scale": Mutant(
         "DDIM noise scale c without its sigma_s / sigma_t factor",
         "fdm_core.sampler",
-        "ddim_step",
-        "c = eta * (sigma_s / sigma_t) * (",
-        "c = eta * (",
+        "step_coefficients",
+        "c = eta * (sigma[1] / sigma[0]) * ",
+        "c = eta * ",
         (
             f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds3-1.0-noise]",
             f"{SAMPLER}::test_oracle_noisy_path_is_exact[blur3-0.5-mid-stage]",
@@ -80,9 +80,9 @@ MUTANTS = {
     "mean-frozen-in-step": Mutant(
         "the mean frozen at M_t inside a step (M_s not used)",
         "fdm_core.sampler",
-        "ddim_step",
-        "process.mean(clean, ss, k)",
-        "process.mean(clean, tt, k)",
+        "apply_step",
+        "mean_s = clean + step.delta_s * residual",
+        "mean_s = clean + step.delta_t * residual",
         (
             f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds2-0.0-noise]",
             f"{SAMPLER}::test_oracle_noisy_path_is_exact[blur3-0.5-boundary]",
@@ -101,6 +101,20 @@ MUTANTS = {
             "tests/fdm_core/test_terminal_noise.py::"
             "test_anneal_keeps_the_boundaries_exact_and_the_last_stage_monotone[cosine]",
             "tests/fdm_core/test_golden.py::test_golden_values[fdm-ds-ddim]",
+        ),
+    ),
+    "packed-rows-leave-at-the-wrong-offset": Mutant(
+        "in the packed UNet forward, a stage's rows read from the start of the batch instead of "
+        "after the rows that go on up",
+        "fdm_models.unet",
+        "MultiStageUNet.forward_packed",
+        "row = rows_to[level - 1]",
+        "row = 0",
+        (
+            "tests/fdm_models/test_unet_packed.py::"
+            "test_packed_outputs_and_gradients_equal_per_stage_calls[down]",
+            "tests/fdm_models/test_unet_packed.py::"
+            "test_the_loss_is_the_same_packed_or_per_stage[7-fdm-ds]",
         ),
     ),
     "delta-not-clamped": Mutant(

@@ -14,9 +14,10 @@ from .checkpoint import (
 )
 from .config import ComponentSpec, ProcessConfig, SamplerConfig
 from .hookspecs import Register, hookimpl
-from .loss import LossOutput, diffusion_loss, stratified_times
+from .hostreads import HostReads
+from .loss import LossOutput, diffusion_loss, stratified_counts, stratified_times
 from .noise import StageNoise
-from .process import Denoiser, FDMProcess, StageBatch
+from .process import Denoiser, FDMProcess, PackedDenoiser, StageBatch, packs_stages
 from .registry import PluginError, Registry, get_registry, load_registry, reset_registry
 from .sampler import Callback, SampleOutput, Start, ddim_step, sample, steps_per_stage
 from .schedules import NoiseSchedule, StageSchedule
@@ -38,8 +39,10 @@ __all__ = [
     "ComponentSpec",
     "Denoiser",
     "FDMProcess",
+    "HostReads",
     "LossOutput",
     "NoiseSchedule",
+    "PackedDenoiser",
     "PluginError",
     "ProcessConfig",
     "Register",
@@ -66,11 +69,13 @@ __all__ = [
     "load_registry",
     "load_state",
     "load_tensors",
+    "packs_stages",
     "reset_registry",
     "sample",
     "save_state",
     "save_tensors",
     "steps_per_stage",
+    "stratified_counts",
     "stratified_times",
     "verify_digest",
     "with_digest",

@@ -3,24 +3,36 @@
 t is stratified across the batch: each stage gets at least one sample when the batch holds at
 least as many samples as there are stages, the rest are shared in proportion to stage length,
 and t is stratified inside each stage. Importance weights L_k B / n_k keep the loss an unbiased
-estimate of E_{t ~ U(0, 1)}. The batch is split by stage and each group runs at its own shape.
+estimate of E_{t ~ U(0, 1)}. The batch is ordered by stage, so stage k's rows are a slice whose
+length is known before any value is computed; a network that packs stages
+(`fdm_core.process.PackedDenoiser`) runs them all in one call (docs/design.md §6.6), any other
+once per stage at its own shape. Nothing here reads a value back to the host when the times are
+stratified, so a training step can run ahead of the device.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from .process import Denoiser, FDMProcess
+from .process import Denoiser, FDMProcess, packs_stages
 from .schedules import apportion
 
 
 @dataclass
 class LossOutput:
     loss: torch.Tensor
-    per_stage: dict[int, float] = field(default_factory=dict)
-    counts: dict[int, int] = field(default_factory=dict)
+    per_stage: torch.Tensor  # (K + 1,) mean squared error per stage, NaN where a stage is absent
+    counts: list[int]  # rows per stage
+
+
+def stratified_counts(process: FDMProcess, batch: int) -> list[int] | None:
+    """Rows per stage of a stratified batch of `batch` times (E21), or None when the batch is
+    smaller than the number of stages and the times are stratified over [0, 1] instead."""
+    if batch < process.num_stages:
+        return None
+    return apportion(batch, process.stage_lengths, minimum=1)
 
 
 def stratified_times(
@@ -29,11 +41,12 @@ def stratified_times(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stratified t (B,) and importance weights (B,) that make the estimate unbiased."""
-    if batch < process.num_stages:  # too few samples to cover every stage: plain stratification
+    """Stratified t (B,), ordered by stage, and importance weights (B,) that make the estimate
+    unbiased (E22)."""
+    counts = stratified_counts(process, batch)
+    if counts is None:  # too few samples to cover every stage: plain stratification
         u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
         return (torch.arange(batch, device=device) + u) / batch, torch.ones(batch, device=device)
-    counts = apportion(batch, process.stage_lengths, minimum=1)
     times, weights = [], []
     for k, n in enumerate(counts):
         if n == 0:
@@ -66,19 +79,35 @@ def diffusion_loss(
     t: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> LossOutput:
-    """Mean weighted squared error of F(z_t, t, k) against the target, over a batch of data x."""
+    """Mean weighted squared error of F(z_t, t, k) against the target over a batch of data x
+    (E23). Times given as `t` get weight 1; their stages are read back to order the batch."""
     batch = x.shape[0]
+    counts = None
     if t is None:
         t, weights = stratified_times(process, batch, generator, x.device)
+        counts = stratified_counts(process, batch)
     else:
         weights = torch.ones(batch, device=x.device)
+    if counts is None:  # order the batch by stage (a no-op for sorted stratified times)
+        order = torch.argsort(process.stage_of(t), stable=True)
+        x, t, weights = x[order], t[order], weights[order]
+        counts = process.stage_counts(t)
+    groups = process.split_by_stage(x, t, counts, generator)
+    if packs_stages(model):
+        zs: list[torch.Tensor | None] = [None] * process.num_stages
+        for group in groups:
+            zs[group.stage] = group.z
+        packed = model.forward_packed(zs, t.to(x.dtype))  # type: ignore[attr-defined]
+        outputs = [packed[group.stage] for group in groups]
+    else:
+        outputs = [model(group.z, group.t.to(x.dtype), group.stage) for group in groups]
     total = x.new_zeros(())
-    per_stage, counts = {}, {}
-    for group in process.split_by_stage(x, t, generator):
-        output = model(group.z, group.t.to(x.dtype), group.stage)
+    per_stage = [x.new_full((), float("nan"))] * process.num_stages
+    for group, output in zip(groups, outputs, strict=True):
         error = (output.float() - group.target.float()).pow(2).flatten(1).mean(1)
-        weighted = error * loss_weight(process, group.t, group.stage).float()
-        total = total + (weighted * weights[group.index].float()).sum()
-        per_stage[group.stage] = float(error.detach().mean())
-        counts[group.stage] = int(group.index.numel())
-    return LossOutput(total / batch, per_stage, counts)
+        weighted = error * weights[group.rows].float()
+        if process.config.parameterization == "x0":  # omega = 1 for the others (E20)
+            weighted = weighted * loss_weight(process, group.t, group.stage).float()
+        total = total + weighted.sum()
+        per_stage[group.stage] = error.detach().mean()
+    return LossOutput(total / batch, torch.stack(per_stage).float(), list(counts))

@@ -13,9 +13,10 @@ with the resolution-aware log-SNR lambda_k(t) = lambda(t) + gamma log(d_0 / d_k)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -31,6 +32,24 @@ class Denoiser(Protocol):
     def __call__(self, z: torch.Tensor, t: torch.Tensor, stage: int) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class PackedDenoiser(Protocol):
+    """A network that runs every stage's rows in one call (docs/design.md §6.6) and says so with
+    ``packs_stages = True``: ``forward_packed(zs, t)`` takes ``zs[k]`` (n_k, *stage_shapes[k]) or
+    None per stage and ``t`` (sum n_k,) in stage order, and returns the outputs per stage."""
+
+    packs_stages: bool
+
+    def forward_packed(
+        self, zs: Sequence[torch.Tensor | None], t: torch.Tensor
+    ) -> list[torch.Tensor | None]: ...
+
+
+def packs_stages(model: object) -> bool:
+    """Whether `model` declares the packed forward (else the loss calls it once per stage)."""
+    return isinstance(model, PackedDenoiser) and model.packs_stages is True
+
+
 def per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Broadcast a (B,) tensor over the trailing dims of `like`, in `like`'s dtype."""
     return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
@@ -41,7 +60,7 @@ class StageBatch:
     """The part of a training batch that falls in one stage (every tensor has B_k rows)."""
 
     stage: int
-    index: torch.Tensor  # positions in the full batch
+    rows: slice  # its rows of the batch, which is ordered by stage
     t: torch.Tensor
     x_stage: torch.Tensor  # x^k
     z: torch.Tensor  # z_t = alpha_t M_t x^k + sigma_t eps
@@ -117,11 +136,18 @@ class FDMProcess:
 
     def mean(self, xk: torch.Tensor, t: torch.Tensor, k: int) -> torch.Tensor:
         """M_t x^k = x^k + delta_t (g(f(x^k)) - x^k) (docs/design.md §2 (E4))."""
-        delta = self.delta(t, k)
-        if not bool((delta > 0).any()):
+        if not self.interpolates(k):
             return xk
+        return xk + per_sample(self.delta(t, k), xk) * self.projection_residual(xk, k)
+
+    def interpolates(self, k: int) -> bool:
+        """Whether stage k's mean moves with t: interpolation on and k < K (docs/design.md §2)."""
+        return self.config.interpolation and k < self.num_stages - 1
+
+    def projection_residual(self, xk: torch.Tensor, k: int) -> torch.Tensor:
+        """g(f(x^k)) - x^k, the direction the mean M_t x^k moves along inside stage k (E4)."""
         transform = self.transforms[k]
-        return xk + per_sample(delta, xk) * (transform.decode(transform.encode(xk)) - xk)
+        return transform.decode(transform.encode(xk)) - xk
 
     def q_sample(
         self, x_stage: torch.Tensor, t: torch.Tensor, k: int, eps: torch.Tensor
@@ -139,44 +165,83 @@ class FDMProcess:
         v: (alpha_t z_t - x^k) / sigma_t (v-prediction against the stage-start signal);
         x0: x^k; eps: eps.
         """
+        alpha, sigma = self.alpha_sigma(t, k)
+        return self.target_from(x_stage, z, eps, per_sample(alpha, z), per_sample(sigma, z))
+
+    def target_from(
+        self,
+        x_stage: torch.Tensor,
+        z: torch.Tensor,
+        eps: torch.Tensor,
+        alpha: torch.Tensor | float,
+        sigma: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """The target (E19) given alpha_t, sigma_t (per sample, or one number for the batch)."""
         kind = self.config.parameterization
         if kind == "x0":
             return x_stage
         if kind == "eps":
             return eps
-        alpha, sigma = self.alpha_sigma(t, k)
-        return (per_sample(alpha, z) * z - x_stage) / per_sample(sigma, z)
+        return (alpha * z - x_stage) / sigma
 
     def predict_clean(
         self, output: torch.Tensor, z: torch.Tensor, t: torch.Tensor, k: int
     ) -> torch.Tensor:
         """xhat^k from the network output F: the inverse of `target`."""
+        alpha, sigma = self.alpha_sigma(t, k)
+        return self.clean_from_output(output, z, per_sample(alpha, z), per_sample(sigma, z))
+
+    def clean_from_output(
+        self,
+        output: torch.Tensor,
+        z: torch.Tensor,
+        alpha: torch.Tensor | float,
+        sigma: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """xhat^k from F given alpha_t, sigma_t (per sample, or one number for the batch)."""
         kind = self.config.parameterization
         if kind == "x0":
             return output
-        alpha, sigma = self.alpha_sigma(t, k)
-        a, s = per_sample(alpha, z), per_sample(sigma, z)
         if kind == "eps":
-            return (z - s * output) / a
-        return a * z - s * output
+            return (z - sigma * output) / alpha
+        return alpha * z - sigma * output
+
+    def stage_counts(self, t: torch.Tensor) -> list[int]:
+        """Rows per stage of the times `t` (E2). Reads the stages back to the host: the training
+        path gets its counts from `stratified_counts` instead."""
+        counts = torch.bincount(self.stage_of(t), minlength=self.num_stages)
+        return [int(n) for n in counts.tolist()]
 
     def split_by_stage(
-        self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        counts: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
     ) -> list[StageBatch]:
-        """Noise a batch whose times span several stages: one `StageBatch` per stage present,
-        each at its own shape. Only stage k's rows are transformed to x^k."""
-        stages = self.stage_of(t)
-        groups = []
-        for k in range(self.num_stages):
-            index = torch.nonzero(stages == k).flatten()
-            if index.numel() == 0:
+        """Noise a batch ordered by stage, stage k's rows being the next `counts[k]`: one
+        `StageBatch` per stage present, each at its own shape (docs/design.md §6.3). Only stage
+        k's rows are transformed to x^k; eps is drawn stage after stage. Given `counts`, slicing
+        needs no read of the batch's values, so the step stays free of host synchronisation;
+        without them they are read from `t`, which must then be ordered by stage."""
+        if counts is None:
+            stages = self.stage_of(t)
+            if bool((stages[1:] < stages[:-1]).any()):
+                raise ValueError("split_by_stage needs the batch ordered by stage (sort t first)")
+            counts = self.stage_counts(t)
+        groups, start = [], 0
+        for k, n in enumerate(counts):
+            if n == 0:
                 continue
-            x_stage = self.stage_signal(x[index], k)
+            rows = slice(start, start + n)
+            start += n
+            x_stage = self.stage_signal(x[rows], k)
             eps = torch.randn(x_stage.shape, generator=generator, device=x.device, dtype=x.dtype)
-            tk = t[index]
-            z = self.q_sample(x_stage, tk, k, eps)
-            target = self.target(x_stage, z, eps, tk, k)
-            groups.append(StageBatch(k, index, tk, x_stage, z, eps, target))
+            tk = t[rows]
+            alpha, sigma = (per_sample(v, x_stage) for v in self.alpha_sigma(tk, k))
+            z = alpha * self.mean(x_stage, tk, k) + sigma * eps  # (E5), as q_sample
+            target = self.target_from(x_stage, z, eps, alpha, sigma)
+            groups.append(StageBatch(k, rows, tk, x_stage, z, eps, target))
         return groups
 
     # -- stage boundaries --------------------------------------------------------------------

@@ -14,6 +14,7 @@ Sampling can start at any stage and time from a given signal (super-resolution, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
@@ -22,7 +23,7 @@ import torch
 
 from .config import SamplerConfig
 from .noise import StageNoise
-from .process import Denoiser, FDMProcess, per_sample
+from .process import Denoiser, FDMProcess
 from .schedules import apportion
 
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
@@ -68,6 +69,64 @@ def stage_grid(process: FDMProcess, k: int, start: float, steps: int) -> list[fl
     return [start - (start - lo) * i / n for i in range(n + 1)] if n else [start]
 
 
+@dataclass(frozen=True)
+class StepCoefficients:
+    """The scalars of one step t -> s inside stage k (E25-E27), computed once per grid point in
+    float64 on the host: the step itself then multiplies tensors by numbers and reads nothing
+    back."""
+
+    t: float
+    s: float
+    alpha_t: float
+    sigma_t: float
+    alpha_s: float
+    sigma_s: float
+    delta_t: float  # interpolation weights of M_t and M_s (E3)
+    delta_s: float
+    noise: float  # sqrt(sigma_s^2 - c^2), the weight of epshat
+    c: float  # eta (sigma_s / sigma_t) sqrt(1 - alpha_t^2 / alpha_s^2), the weight of fresh xi
+
+
+def step_coefficients(
+    process: FDMProcess, k: int, t: float, s: float, eta: float
+) -> StepCoefficients:
+    """The coefficients of the step t -> s in stage k (docs/design.md §7.1 (E25-E27))."""
+    times = torch.tensor([t, s], dtype=torch.float64)
+    alpha, sigma = (v.tolist() for v in process.alpha_sigma(times, k))
+    delta_t, delta_s = process.delta(times, k).tolist()
+    c = 0.0
+    if eta > 0:
+        c = eta * (sigma[1] / sigma[0]) * math.sqrt(max(0.0, 1.0 - alpha[0] ** 2 / alpha[1] ** 2))
+    noise = math.sqrt(max(0.0, sigma[1] ** 2 - c**2))
+    return StepCoefficients(
+        t, s, *alpha[:1], sigma[0], alpha[1], sigma[1], delta_t, delta_s, noise, c
+    )
+
+
+def apply_step(
+    process: FDMProcess,
+    z: torch.Tensor,
+    clean: torch.Tensor,
+    k: int,
+    step: StepCoefficients,
+    xi: torch.Tensor | None,
+) -> torch.Tensor:
+    """z_s from z_t and the clean prediction xhat^k (E25-E27); the projection g(f(xhat^k)) is
+    computed once for both means, and no noise is added when c = 0 (eta = 0)."""
+    mean_t = mean_s = clean
+    if process.interpolates(k):
+        residual = process.projection_residual(clean, k)
+        mean_t = clean + step.delta_t * residual
+        mean_s = clean + step.delta_s * residual
+    eps = (z - step.alpha_t * mean_t) / step.sigma_t
+    z_s = step.alpha_s * mean_s + step.noise * eps
+    if step.c > 0:
+        if xi is None:
+            raise ValueError("a step with eta > 0 needs the noise xi")
+        z_s = z_s + step.c * xi
+    return z_s
+
+
 def ddim_step(
     process: FDMProcess,
     z: torch.Tensor,
@@ -80,26 +139,22 @@ def ddim_step(
 ) -> torch.Tensor:
     """One step t -> s (s < t) inside stage k from the clean prediction xhat^k
     (docs/design.md §7.1 (E25-E27))."""
-    tt = torch.full((z.shape[0],), t, dtype=torch.float64, device=z.device)
-    ss = torch.full_like(tt, s)
-    alpha_t, sigma_t = process.alpha_sigma(tt, k)
-    alpha_s, sigma_s = process.alpha_sigma(ss, k)
-    mean_t, mean_s = process.mean(clean, tt, k), process.mean(clean, ss, k)
-    eps = (z - per_sample(alpha_t, z) * mean_t) / per_sample(sigma_t, z)
-    c = eta * (sigma_s / sigma_t) * (1.0 - alpha_t**2 / alpha_s**2).clamp_min(0.0).sqrt()
-    z_s = per_sample(alpha_s, z) * mean_s
-    z_s = z_s + per_sample((sigma_s**2 - c**2).clamp_min(0.0).sqrt(), z) * eps
-    if eta > 0:
-        z_s = z_s + per_sample(c, z) * xi
-    return z_s
+    return apply_step(process, z, clean, k, step_coefficients(process, k, t, s, eta), xi)
 
 
 def denoise(
-    process: FDMProcess, model: Denoiser, z: torch.Tensor, t: float, k: int, clip: float | None
+    process: FDMProcess,
+    model: Denoiser,
+    z: torch.Tensor,
+    k: int,
+    step: StepCoefficients,
+    clip: float | None,
 ) -> torch.Tensor:
-    """The network's clean prediction xhat^k at (z_t, t) in stage k, clamped to +-clip."""
-    tt = torch.full((z.shape[0],), t, dtype=torch.float32, device=z.device)
-    clean = process.predict_clean(model(z, tt, k).float(), z, tt, k)
+    """The network's clean prediction xhat^k at (z_t, t) in stage k (E19 inverted with the step's
+    alpha_t, sigma_t), clamped to +-clip."""
+    tt = torch.full((z.shape[0],), step.t, dtype=torch.float32, device=z.device)
+    output = model(z, tt, k).float()
+    clean = process.clean_from_output(output, z, step.alpha_t, step.sigma_t)
     return clean if clip is None else clean.clamp(-clip, clip)
 
 
@@ -147,11 +202,12 @@ def sample(
     top, t_top, z, clean = initial_state(process, draw, start, device)
     for k in range(top, -1, -1):
         t_first = t_top if k == top else process.boundaries[k + 1]
-        for t, s in pairwise(stage_grid(process, k, t_first, steps[k])):
-            clean = denoise(process, model, z, t, k, config.clip)
-            z = ddim_step(process, z, clean, t, s, k, config.eta, draw(k) if config.eta else None)
+        grid = stage_grid(process, k, t_first, steps[k])
+        for step in [step_coefficients(process, k, t, s, config.eta) for t, s in pairwise(grid)]:
+            clean = denoise(process, model, z, k, step, config.clip)
+            z = apply_step(process, z, clean, k, step, draw(k) if config.eta else None)
             if callback is not None:
-                callback(k, s, z, clean)
+                callback(k, step.s, z, clean)
         if k > 0:
             z = process.up_step(z, k - 1, draw(k - 1), clean)
     return SampleOutput(process.to_data_space(clean, 0), z)
