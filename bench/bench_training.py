@@ -61,6 +61,7 @@ from common import (
 
 from fdm_cli.config import resolve_train_config
 from fdm_cli.data import DataOrder, ImageDataset, load_dataset
+from fdm_cli.run import make_optimizer
 from fdm_cli.threads import available_cores, configure_threads
 from fdm_core import FDMProcess, diffusion_loss
 from fdm_models import EMA, MultiStageUNet
@@ -80,30 +81,31 @@ class Trainer:
         torch.manual_seed(0)
         self.unet = MultiStageUNet(cfg.model)
         self.ema = EMA(self.unet, cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup)
-        self.optimizer = torch.optim.AdamW(
-            self.unet.parameters(),
-            lr=cfg.optim.lr,
-            betas=cfg.optim.betas,
-            weight_decay=cfg.optim.weight_decay,
-        )
+        self.optimizer = make_optimizer(self.unet, cfg.optim, torch.device("cpu"))
         self.clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         self.dataset, self.batch = dataset, batch
         self.order = DataOrder(len(dataset), 0, hflip=cfg.data.hflip)
         self.steps = 0
+        self.network = self.unet  # what diffusion_loss calls (bench_launch.py swaps in others)
 
-    def step(self) -> float:
+    def batch_and_generator(self) -> tuple[torch.Tensor, torch.Generator]:
         idx, flip = self.order.take(self.steps * self.batch, self.batch)
-        x = self.dataset.batch(idx, flip)
-        generator = torch.Generator().manual_seed(self.steps)
+        return self.dataset.batch(idx, flip), torch.Generator().manual_seed(self.steps)
+
+    def update(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Loss, backward, clip, AdamW, EMA: the step with nothing read back; returns the loss."""
         self.unet.train()
-        loss = diffusion_loss(self.process, self.unet, x, generator=generator).loss
+        loss = diffusion_loss(self.process, self.network, x, generator=generator).loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.clip)
         self.optimizer.step()
         self.ema.update(self.unet)
         self.steps += 1
-        return float(loss.detach())
+        return loss.detach()
+
+    def step(self) -> float:
+        return float(self.update(*self.batch_and_generator()))
 
 
 def load_data() -> ImageDataset:

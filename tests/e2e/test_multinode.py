@@ -132,7 +132,7 @@ def _single_process_reference(folder: Path) -> tuple[list[float], dict[str, torc
         for rank in (0, 1):
             x, generator = replace(run, ctx=DistContext(rank=rank, world_size=2)).batch()
             run.optimizer.zero_grad(set_to_none=True)
-            loss, _ = run.module(x, generator)
+            loss, *_ = run.module(x, generator)
             loss.backward()
             rank_losses.append(float(loss.detach()))
             rank_grads.append([p.grad for p in params])

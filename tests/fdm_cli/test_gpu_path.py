@@ -39,7 +39,7 @@ def _record_training(
     seen: dict[str, list] = {"groups": [], "unet_dtypes": [], "losses": []}
     split, forward, loss_fn = (
         FDMProcess.split_by_stage,
-        MultiStageUNet.forward,
+        MultiStageUNet.forward_packed,
         run_module.diffusion_loss,
     )
 
@@ -48,10 +48,10 @@ def _record_training(
         seen["groups"].extend((g.stage, g.z, g.target) for g in groups)
         return groups
 
-    def spy_forward(self: MultiStageUNet, *args: object, **kwargs: object) -> torch.Tensor:
+    def spy_forward(self: MultiStageUNet, *args: object, **kwargs: object) -> list:
         out = forward(self, *args, **kwargs)
         if torch.is_grad_enabled():  # training, not the sample grid
-            seen["unet_dtypes"].append(out.dtype)
+            seen["unet_dtypes"].extend(o.dtype for o in out if o is not None)
         return out
 
     def spy_loss(*args: object, **kwargs: object) -> object:
@@ -60,7 +60,7 @@ def _record_training(
         return out
 
     monkeypatch.setattr(FDMProcess, "split_by_stage", spy_split)
-    monkeypatch.setattr(MultiStageUNet, "forward", spy_forward)
+    monkeypatch.setattr(MultiStageUNet, "forward_packed", spy_forward)
     monkeypatch.setattr(run_module, "diffusion_loss", spy_loss)
     sets = {"train.precision": precision, "train.device": device}
     cfg = tiny_config(2, preset="fdm-blur-g", **BLUR, **sets)

@@ -4,9 +4,10 @@
 phase's share of the steps since the last update, and the closing line its share of the run, so
 a data-bound run (a large data share) is visible. On CPU a boundary is a `time.perf_counter`
 reading. On CUDA it is a recorded `torch.cuda.Event`, so timing adds no synchronisation: the
-events are read after the step has synchronised anyway (its loss and gradient norm are read back
-to the host). An event interval is the time the GPU took from one boundary to the next, waiting
-for the host included, so a GPU starved by the data path still shows a large data share.
+events of every step since the last read are resolved together when the window (or the total)
+is read, at the log window where the loop reads its statistics back anyway. An event interval
+is the time the GPU took from one boundary to the next, waiting for the host included, so a
+GPU starved by the data path still shows a large data share.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ class StepTimer:
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self.total = dict.fromkeys(PHASES, 0.0)
+        self._total = dict.fromkeys(PHASES, 0.0)
         self.window = dict.fromkeys(PHASES, 0.0)
         self._marks: list[float | torch.cuda.Event] = []
+        self._pending: list[list[float | torch.cuda.Event]] = []  # finished steps, unread
 
     def _now(self) -> float | torch.cuda.Event:
         if not self.cuda:
@@ -45,21 +47,40 @@ class StepTimer:
         self._marks.append(self._now())
 
     def stop(self) -> None:
-        """The step's last phase ends: add each phase's seconds to `total` and `window`."""
+        """The step's last phase ends; its seconds are added to `total` and `window` when read
+        (on CPU at once)."""
         self.mark()
         if len(self._marks) != len(PHASES) + 1:
             raise RuntimeError(f"a step has {len(PHASES)} phases, got {len(self._marks) - 1}")
+        self._pending.append(self._marks)
+        if not self.cuda:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Add the pending steps' phase seconds (on CUDA: wait for their last event first)."""
+        if not self._pending:
+            return
         if self.cuda:
-            self._marks[-1].synchronize()  # already done: the step read its loss back
-            seconds = [a.elapsed_time(b) / 1000 for a, b in pairwise(self._marks)]
-        else:
-            seconds = [b - a for a, b in pairwise(self._marks)]
-        for phase, s in zip(PHASES, seconds, strict=True):
-            self.total[phase] += s
-            self.window[phase] += s
+            self._pending[-1][-1].synchronize()
+        for marks in self._pending:
+            if self.cuda:
+                seconds = [a.elapsed_time(b) / 1000 for a, b in pairwise(marks)]
+            else:
+                seconds = [b - a for a, b in pairwise(marks)]
+            for phase, s in zip(PHASES, seconds, strict=True):
+                self._total[phase] += s
+                self.window[phase] += s
+        self._pending = []
+
+    @property
+    def total(self) -> dict[str, float]:
+        """Seconds per phase over the run so far."""
+        self._settle()
+        return self._total
 
     def take_window(self) -> dict[str, float]:
         """The seconds per phase since the last call, then start a new window."""
+        self._settle()
         window, self.window = self.window, dict.fromkeys(PHASES, 0.0)
         return window
 

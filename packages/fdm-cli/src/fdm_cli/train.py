@@ -19,7 +19,8 @@ optimizer (`fdm_cli.steptime`), shown in the progress line. SIGINT/SIGTERM finis
 step, write a checkpoint and stop (continue with --resume).
 
 Reading order: `fdm_cli.run.setup` (data, process, model, EMA, optimizer, resume) ->
-`train_step` (one batch) -> `StepStats` (what a step reports, one all-reduce over ranks) ->
+`train_step` (one batch, nothing read back) -> `fdm_cli.stepwindow` (the steps' statistics,
+read once per log window) ->
 `run_training` (the loop).
 """
 
@@ -45,6 +46,7 @@ from .nonfinite import NonfiniteGuard, diverged
 from .progress import TrainProgress, graceful_stop
 from .run import Run, setup
 from .steptime import StepTimer, format_shares
+from .stepwindow import StepWindow
 
 
 @dataclass
@@ -85,44 +87,14 @@ def budget_spent(opts: TrainOptions, step: int, elapsed_s: float) -> bool:
 
 
 @dataclass
-class StepStats:
-    """One step's statistics on this rank; `all_reduce` combines the ranks' in one collective."""
+class StepResult:
+    """One step on this rank: its statistics still on the device (`StepWindow` reads them)."""
 
-    loss: float
-    grad_norm: float
-    stage_sums: list[float]  # per stage: mean loss x count (0 for a stage not in the batch)
-    stage_counts: list[float]
-    clock: float = 0.0  # training seconds so far: rank 0's clock (0 on the other ranks)
-    stop: bool = False  # a signal or `should_stop` on any rank
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    per_stage: torch.Tensor  # (K + 1,) mean loss per stage, NaN for a stage not in the batch
+    counts: list[int]  # rows per stage
     applied: bool = True  # False: a non-finite batch skipped (the same on every rank)
-
-    def all_reduce(self, ctx: dist_.DistContext) -> StepStats:
-        """Mean loss and gradient norm; summed stage sums and counts, clock and stop flag."""
-        k = len(self.stage_sums)
-        values = torch.tensor(
-            [
-                self.loss,
-                self.grad_norm,
-                *self.stage_sums,
-                *self.stage_counts,
-                self.clock,
-                1.0 if self.stop else 0.0,
-            ],
-            dtype=torch.float64,
-        )
-        if ctx.enabled:
-            values = dist_.sum_over_ranks(ctx, values)
-            values[:2] /= ctx.world_size
-        v = values.tolist()
-        return StepStats(
-            v[0], v[1], v[2 : 2 + k], v[2 + k : 2 + 2 * k], v[-2], v[-1] > 0, self.applied
-        )
-
-    def stage_means(self) -> list[float]:
-        return [
-            s / c if c > 0 else math.nan
-            for s, c in zip(self.stage_sums, self.stage_counts, strict=True)
-        ]
 
 
 def train_step(
@@ -131,14 +103,15 @@ def train_step(
     generator: torch.Generator,
     timer: StepTimer,
     guard: NonfiniteGuard | None = None,
-) -> StepStats:
-    """One optimizer step on the batch `x`: loss, backward, clip, AdamW step, EMA update. When
-    `guard` skips a non-finite batch, neither the AdamW step nor the EMA update happens. With
-    ``train.precision: bf16`` only the UNet runs under autocast (`fdm_cli.run.LossModule`).
-    `timer` (started before the batch was read) gets the forward, backward and optimizer phases."""
+) -> StepResult:
+    """One optimizer step on the batch `x`: loss, backward, clip, AdamW step, EMA update. Nothing
+    is read back to the host, except by `guard` (``train.nonfinite: skip``), which looks at the
+    loss and gradient norm before the update and may skip it. With ``train.precision: bf16``
+    only the UNet runs under autocast (`fdm_cli.run.LossModule`). `timer` (started before the
+    batch was read) gets the forward, backward and optimizer phases."""
     run.module.train()
     timer.mark()  # data -> forward
-    loss, (per_stage, counts) = run.module(x, generator)
+    loss, per_stage, counts = run.module(x, generator)
     timer.mark()  # forward -> backward
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -151,11 +124,18 @@ def train_step(
     if applied:
         run.optimizer.step()
         run.ema.update(run.unet)
-    sums = [0.0 if math.isnan(v) else v * c for v, c in zip(per_stage, counts, strict=True)]
-    counted = [float(c) for c in counts]
-    stats = StepStats(float(loss.detach()), float(grad_norm), sums, counted, applied=applied)
     timer.stop()
-    return stats
+    return StepResult(loss.detach(), grad_norm, per_stage, counts, applied)
+
+
+def agree(ctx: dist_.DistContext, clock: float, stop: bool) -> tuple[float, bool]:
+    """Rank 0's clock and whether any rank stops: one small all-reduce under DDP (host values
+    only; the other ranks pass a clock of 0)."""
+    if not ctx.enabled:
+        return clock, stop
+    values = torch.tensor([clock, 1.0 if stop else 0.0], dtype=torch.float64)
+    clock_sum, stops = dist_.sum_over_ranks(ctx, values).tolist()
+    return clock_sum, stops > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,6 +202,7 @@ def _train(
     )
 
     timer = StepTimer(ctx.device)
+    window = StepWindow(run.process.num_stages, ctx)
     last_loss, interrupted = None, False
     saved_step = run.step if run.resumed else -1
     t_start = time.monotonic() - run.elapsed
@@ -229,37 +210,50 @@ def _train(
         graceful_stop() as stop_flag,
         TrainProgress(console, opts, run.step, show_progress, main) as progress,
     ):
+
+        def read_window() -> None:
+            """The steps since the last read: the loss log, the progress line, and a stop at
+            a non-finite loss (before anything of that step is saved)."""
+            nonlocal last_loss
+            for row in window.read():
+                if not math.isfinite(row.loss):
+                    raise diverged(row.loss, row.step, run_dir)
+                last_loss = row.loss
+                if main:
+                    run.log.add(
+                        row.step, row.loss, row.stage_means, row.lr, row.grad_norm, row.elapsed
+                    )
+            if main:
+                run.log.flush()
+                if last_loss is not None:
+                    progress.update(run.step, last_loss, run.elapsed, timer.take_window())
+
         while not budget_spent(opts, run.step, run.elapsed):
             lr = learning_rate(cfg, run.step, run.elapsed)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
             timer.start()
             x, generator = run.batch()
-            stats = train_step(run, x, generator, timer, guard)
+            result = train_step(run, x, generator, timer, guard)
             run.threads.tick()
-            run.step += int(stats.applied)  # a skipped batch is no step (fdm_cli.nonfinite)
+            run.step += int(result.applied)  # a skipped batch is no step (fdm_cli.nonfinite)
             run.position += opts.batch_size
-            stats.clock = (time.monotonic() - t_start) if main else 0.0
-            stats.stop = bool(stop_flag["signal"]) or (
-                should_stop is not None and should_stop(run.step)
-            )
-            stats = stats.all_reduce(ctx)
-            run.elapsed = stats.clock
-            if stats.applied:
-                last_loss = stats.loss
-                if not math.isfinite(last_loss):
-                    raise diverged(last_loss, run.step, run_dir)
-                if main:
-                    run.log.add(
-                        run.step, last_loss, stats.stage_means(), lr, stats.grad_norm, run.elapsed
-                    )
-                    if run.step % opts.log_every == 0:
-                        run.log.flush()
-                        progress.update(run.step, last_loss, run.elapsed, timer.take_window())
-            if stats.stop:
+            stop = bool(stop_flag["signal"]) or (should_stop is not None and should_stop(run.step))
+            run.elapsed, stop = agree(ctx, (time.monotonic() - t_start) if main else 0.0, stop)
+            if result.applied:
+                window.add(
+                    run.step, lr, run.elapsed, result.loss, result.grad_norm, result.per_stage,
+                    result.counts,
+                )  # fmt: skip
+            if stop:
                 interrupted = True
                 break
-            if stats.applied and run.step % opts.checkpoint_every == 0:
+            if not result.applied:
+                continue
+            checkpoint_due = run.step % opts.checkpoint_every == 0
+            if checkpoint_due or run.step % opts.log_every == 0:
+                read_window()
+            if checkpoint_due:
                 run.checkpoint()
                 saved_step = run.step
                 run.write_images(f"step-{run.step:08d}.png", f"strip-{run.step:08d}.png")
@@ -268,6 +262,7 @@ def _train(
                     progress.note(
                         f"step {run.step}: loss {last_loss:.4f}; checkpoint and samples written"
                     )
+        read_window()
         progress.finish(run.step, last_loss, interrupted)
 
     if saved_step != run.step:
