@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The CUDA checks in one run, for a lent GPU machine (about 5 minutes on an H100/H200):
-#   1. the model tests with Triton compiled (TRITON_INTERPRET=0) and real xformers, plus every
-#      test marked `cuda`;
-#   2. bench_kernels.py (Triton against torch, fp32/fp16/bf16, 64x3x256x256);
-#   3. bench_unet.py on CUDA (per-stage time and FLOPs);
-#   4. `fdm train` on CUDA, 300 steps per run: ddpm, fdm-ds and fdm-blur-g in fp32 and bf16,
-#      steps/s from each run's loss.csv (steps 50..300, past warm-up).
+# The CUDA checks in one run, for a lent GPU machine (under 8 minutes on an H100/H200):
+#   1. the model and core tests with Triton compiled (TRITON_INTERPRET=0) and real xformers,
+#      plus every test marked `cuda` (a step with no host sync, bf16, inductor);
+#   2. bench_launch.py (aten ops and host reads per step; the same on every machine);
+#   3. bench_gpu.py train: fdm-ds against ddpm with the default UNet at batch 64 and 512, fp32
+#      and bf16, eager and --compile; fdm-ds-64 against ddpm-64 (batch 128) and fdm-ds-256
+#      against ddpm-256 (batch 32) in bf16; side by side in one process per configuration;
+#   4. bench_gpu.py sample: s/img at batch 256, DDIM-100, fdm-ds:ddpm and fdm-ds-64:ddpm-64;
+#   5. bench_kernels.py (Triton against torch).
 #
 # Run from the repository root:
 #
@@ -43,39 +45,27 @@ timeout 120 $PY -m pytest -q -p no:cacheprovider -m cuda -rs tests >>"$OUT/tests
 echo "rc $?" >>"$OUT/tests.txt"
 tail -15 "$OUT/tests.txt"
 
-echo "== kernels"
-timeout 180 $PY bench/bench_kernels.py >"$OUT/kernels.md" 2>&1
-cat "$OUT/kernels.md"
-
-echo "== unet"
-timeout 120 $PY bench/bench_unet.py --device cuda >"$OUT/unet.md" 2>&1
-cat "$OUT/unet.md"
+echo "== launch structure"
+timeout 60 $PY bench/bench_launch.py --json "$OUT/launch.json" >"$OUT/launch.md" 2>&1
+cat "$OUT/launch.md"
 
 echo "== train"
-printf "| preset | precision | steps/s | mean loss, last 50 | wall s |\n|---|---|---|---|---|\n" >"$OUT/train.md"
-for run in "ddpm fp32" "ddpm bf16" "fdm-ds fp32" "fdm-ds bf16" "fdm-blur-g bf16"; do
-    set -- $run
-    dir=/tmp/gpu-train/$1-$2
-    rm -rf "$dir" && mkdir -p /tmp/gpu-train
-    start=$(date +%s%N)
-    timeout 150 $PY -m fdm_cli train --preset "$1" --precision "$2" --device cuda \
-        --max-steps 300 --batch-size 64 --no-progress --out "$dir" --set sample.num=16 \
-        >"$dir.log" 2>&1
-    rc=$?
-    wall=$(( ($(date +%s%N) - start) / 1000000000 ))
-    $PY - "$dir" "$1" "$2" "$rc" "$wall" <<'EOF' >>"$OUT/train.md"
-import csv, sys
-from pathlib import Path
-run, preset, precision, rc, wall = sys.argv[1:]
-rows = list(csv.DictReader(open(Path(run) / "loss.csv"))) if rc == "0" else []
-if len(rows) >= 300:
-    a, b = rows[49], rows[299]
-    rate = 250 / (float(b["elapsed_s"]) - float(a["elapsed_s"]))
-    loss = sum(float(r["loss"]) for r in rows[-50:]) / 50
-    print(f"| {preset} | {precision} | {rate:.1f} | {loss:.4f} | {float(wall):.0f} |")
-else:
-    print(f"| {preset} | {precision} | failed rc {rc} ({run}.log) | | {float(wall):.0f} |")
-EOF
-    [ "$rc" = 0 ] || tail -5 "$dir.log" >>"$OUT/train-errors.txt"
-done
+G="timeout 150 $PY bench/bench_gpu.py"
+{
+    $G train --pairs fdm-ds:ddpm --batch 64 512 --precision fp32 bf16 --json "$OUT/t1.json"
+    FDM_COMPILE_MODE=reduce-overhead $G train --pairs fdm-ds:ddpm --batch 64 512 \
+        --precision bf16 --compile on --json "$OUT/t2.json"
+    $G train --pairs fdm-ds-64:ddpm-64 --batch 128 --precision bf16 --json "$OUT/t3.json"
+    $G train --pairs fdm-ds-256:ddpm-256 --batch 32 --precision bf16 --window 10 \
+        --json "$OUT/t4.json"
+} >"$OUT/train.md" 2>&1
 cat "$OUT/train.md"
+
+echo "== sample"
+$G sample --pairs fdm-ds:ddpm fdm-ds-64:ddpm-64 --batch 256 --repeats 2 \
+    --json "$OUT/sample.json" >"$OUT/sample.md" 2>&1
+cat "$OUT/sample.md"
+
+echo "== kernels"
+timeout 60 $PY bench/bench_kernels.py >"$OUT/kernels.md" 2>&1
+cat "$OUT/kernels.md"

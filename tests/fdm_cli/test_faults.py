@@ -61,16 +61,14 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
     and a traceback instead of one line."""
     from fdm_cli import run as run_module
 
-    real, calls = run_module.diffusion_loss, {"n": 0}
+    real, calls = run_module.stage_loss, {"n": 0}
 
     def nan_at_step_3(*args, **kwargs):
-        out = real(*args, **kwargs)
+        loss, per_stage = real(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 3:
-            out.loss = out.loss * math.nan
-        return out
+        return (loss * math.nan if calls["n"] == 3 else loss), per_stage
 
-    monkeypatch.setattr(run_module, "diffusion_loss", nan_at_step_3)
+    monkeypatch.setattr(run_module, "stage_loss", nan_at_step_3)
     run_dir = tmp_path / "run"
     args = ["train", "--out", run_dir, "--max-steps", "6", "--set", "train.checkpoint_every=1"]
     result = cli(*args, *tiny)
@@ -148,7 +146,7 @@ def _poison(monkeypatch: pytest.MonkeyPatch, bad: Callable[[int], bool]) -> dict
     from fdm_cli import run as run_module
     from fdm_cli import train as train_module
 
-    real_loss, real_setup, runs, seen = run_module.diffusion_loss, train_module.setup, [], {}
+    real_loss, real_setup, runs, seen = run_module.stage_loss, train_module.setup, [], {}
 
     def spy_setup(*args: Any, **kwargs: Any) -> Any:
         runs.append(real_setup(*args, **kwargs))
@@ -158,13 +156,11 @@ def _poison(monkeypatch: pytest.MonkeyPatch, bad: Callable[[int], bool]) -> dict
         n, run = len(seen) + 1, runs[-1]
         state = {"model": run.unet.state_dict(), "ema": run.ema.state_dict()}
         seen[n] = _copy(state | {"optimizer": run.optimizer.state_dict()})
-        out = real_loss(*args, **kwargs)
-        if bad(n):
-            out.loss = out.loss * math.nan
-        return out
+        total, per_stage = real_loss(*args, **kwargs)
+        return (total * math.nan if bad(n) else total), per_stage
 
     monkeypatch.setattr(train_module, "setup", spy_setup)
-    monkeypatch.setattr(run_module, "diffusion_loss", loss)
+    monkeypatch.setattr(run_module, "stage_loss", loss)
     return seen
 
 

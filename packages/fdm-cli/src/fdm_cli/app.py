@@ -106,7 +106,7 @@ def train(
     lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
     device: Annotated[str | None, Opt(help=DEVICE_HELP)] = None,
     precision: Annotated[Precision | None, Opt(help="bf16 (UNet under autocast) or fp32.")] = None,
-    compile_: Annotated[bool | None, Opt("--compile/--no-compile", help="Compile the UNet")] = None,
+    compile_: Annotated[bool | None, Opt("--compile/--no-compile", help="Compile the loss")] = None,
     seed: Annotated[int | None, Opt(help="Seed of init, data order and noise.")] = None,
     threads: ThreadsOpt = None,
     resume: Annotated[bool, Opt(help="Continue from RUN_DIR/checkpoints/latest.")] = False,

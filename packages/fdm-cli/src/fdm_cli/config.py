@@ -127,7 +127,7 @@ class TrainOptions(LoopOptions):
         "fp32", description="bf16: the UNet under bf16 autocast, the process math in fp32"
     )
     compile: bool = Field(
-        False, description="torch.compile the UNet (inductor; $FDM_COMPILE_BACKEND overrides)"
+        False, description="torch.compile the loss graph (inductor; $FDM_COMPILE_BACKEND overrides)"
     )
     dist_timeout_s: float = Field(1800.0, gt=0, description="DDP collective timeout in seconds")
     find_unused_parameters: Literal["auto", True, False] = Field(

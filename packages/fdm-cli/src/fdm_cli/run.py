@@ -6,6 +6,7 @@ checkpoint and its sample images (EMA weights, split over DDP ranks).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fdm_core import FDMProcess, diffusion_loss, packs_stages
+from fdm_core import (
+    FDMProcess,
+    diffusion_loss,
+    draw_noise,
+    packs_stages,
+    stage_loss,
+    stratified_counts,
+    stratified_times,
+)
 from fdm_models import EMA, MultiStageUNet
 
 from . import checkpointing as ckpt
@@ -30,59 +39,66 @@ from .training_data import TrainingData, open_training_data
 
 Say = Callable[..., None]  # say(message, markup=False): print on rank 0 only
 COMPILE_BACKEND_ENV = "FDM_COMPILE_BACKEND"  # torch.compile backend of train.compile
+COMPILE_MODE_ENV = "FDM_COMPILE_MODE"  # torch.compile mode of train.compile
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # one AdamW kernel for all parameters (4x faster on CPU)
 
 
 class Network:
-    """F as the loss calls it, under bf16 autocast when the run asks for it: `per_stage(z, t, k)`
-    and, for a UNet that declares it can (``packs_stages``), `packed(zs, t)`, which runs every
-    stage in one call (docs/design.md §6.6). Either may be a ``torch.compile`` wrapper."""
+    """F as the loss calls it, under bf16 autocast when the run asks for it: the UNet per stage
+    and, when it declares that it can (``packs_stages``), packed, every stage in one call
+    (docs/design.md §6.6)."""
 
-    def __init__(
-        self, per_stage: Callable[..., torch.Tensor], packed: Callable[..., list] | None, bf16: bool
-    ) -> None:
-        self.per_stage = per_stage
-        self.packed = packed
-        self.packs_stages = packed is not None
+    def __init__(self, unet: nn.Module, bf16: bool) -> None:
+        self.unet = unet
         self.bf16 = bf16
+        self.packs_stages = packs_stages(unet)
 
     def _autocast(self, device: torch.device) -> torch.autocast:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def __call__(self, z: torch.Tensor, t: torch.Tensor, stage: int) -> torch.Tensor:
         with self._autocast(z.device):
-            return self.per_stage(z, t, stage)
+            return self.unet(z, t, stage)
 
     def forward_packed(
         self, zs: list[torch.Tensor | None], t: torch.Tensor
     ) -> list[torch.Tensor | None]:
-        if self.packed is None:
-            raise TypeError("this network runs one stage per call")
         with self._autocast(t.device):
-            return self.packed(zs, t)
+            return self.unet.forward_packed(zs, t)
 
 
 class LossModule(nn.Module):
-    """Wraps ``diffusion_loss`` so DDP sees one forward per step however the stages are run.
+    """The training loss of a batch: draws the step's times and noise, then runs `stage_loss`
+    (the process math, the network and (E23)), so DDP sees one forward per step.
 
     With `bf16`, only the network call runs under bf16 autocast; the process math around it
     (stage signals, interpolation, noise, targets) and the loss stay fp32 (docs/design.md §6.5).
-    With `compile`, the UNet's calls run through ``torch.compile`` (`compile_network`).
+    With `compile`, `stage_loss` runs as one ``torch.compile`` graph with static shapes (every
+    step has the same rows per stage): process math, packed UNet and loss, forward and
+    backward. The random draws stay outside it, so compiled and eager runs see the same noise.
     """
 
     def __init__(self, process: FDMProcess, unet: nn.Module, compile: bool, bf16: bool) -> None:
         super().__init__()
         self.process = process
         self.unet = unet
-        per_stage, packed = compile_network(unet, compile)
-        self.denoise = Network(per_stage, packed, bf16)
+        self.network = Network(unet, bf16)
+        eager = functools.partial(stage_loss, process, self.network)
+        self.stage_loss = torch.compile(eager, **compile_options()) if compile else eager
 
     def forward(
         self, x: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """The loss, the per-stage losses (device tensors) and the rows per stage."""
-        out = diffusion_loss(self.process, self.denoise, x, generator=generator)
-        return out.loss, out.per_stage, out.counts
+        process, batch = self.process, x.shape[0]
+        counts = stratified_counts(process, batch)
+        if counts is None:  # a batch smaller than the stage count: stages read back
+            out = diffusion_loss(process, self.network, x, generator=generator)
+            return out.loss, out.per_stage, out.counts
+        t, weights = stratified_times(process, batch, generator, x.device)
+        noise = draw_noise(process, counts, generator, x.device, x.dtype)
+        loss, per_stage = self.stage_loss(x, t, weights, counts, noise)
+        return loss, per_stage, counts
 
 
 @dataclass
@@ -226,21 +242,17 @@ def make_optimizer(unet: nn.Module, optim: OptimConfig, device: torch.device) ->
     )
 
 
-def compile_network(
-    unet: MultiStageUNet, enabled: bool
-) -> tuple[Callable[..., torch.Tensor], Callable[..., list] | None]:
-    """The UNet's per-stage call and its packed call (None if it cannot pack), each through
-    ``torch.compile`` with ``train.compile``: inductor, or the backend named by
-    $FDM_COMPILE_BACKEND (the tests use aot_eager), with static shapes (every step has the same
-    stage counts). The wrappers share `unet`'s parameters and only the training forward/backward
-    runs through them: checkpoints, the EMA and sampling use `unet` itself, so a state_dict
-    never carries ``_orig_mod.`` prefixes."""
-    packed = unet.forward_packed if packs_stages(unet) else None
-    if not enabled:
-        return unet, packed
-    options = {"backend": os.environ.get(COMPILE_BACKEND_ENV, "inductor"), "dynamic": False}
-    compiled_packed = None if packed is None else torch.compile(packed, **options)
-    return torch.compile(unet, **options), compiled_packed
+def compile_options() -> dict[str, object]:
+    """``torch.compile`` settings of ``train.compile``: the backend $FDM_COMPILE_BACKEND
+    (default inductor; the tests use aot_eager), the mode $FDM_COMPILE_MODE (default torch's;
+    ``reduce-overhead`` adds CUDA graphs on a GPU), static shapes."""
+    options: dict[str, object] = {
+        "backend": os.environ.get(COMPILE_BACKEND_ENV, "inductor"),
+        "dynamic": False,
+    }
+    if mode := os.environ.get(COMPILE_MODE_ENV):
+        options["mode"] = mode
+    return options
 
 
 def _load_state(

@@ -13,9 +13,10 @@ noise and t from a generator seeded by (seed, step, rank), `diffusion_loss` (t s
 stage appears), AdamW with warm-up, gradient clipping, then an EMA update. A NaN or infinite
 loss stops the run, or with ``train.nonfinite: skip`` drops that batch (`fdm_cli.nonfinite`). Every
 ``train.checkpoint_every`` steps rank 0 writes a checkpoint, a sample grid and a stage strip.
-``train.precision: bf16`` runs only the UNet under autocast, ``train.compile`` compiles it
-(`fdm_cli.run`, docs/design.md §6.5); each step is timed as data / forward / backward /
-optimizer (`fdm_cli.steptime`), shown in the progress line. SIGINT/SIGTERM finish the current
+``train.precision: bf16`` runs only the UNet under autocast, ``train.compile`` compiles the
+loss (process math, packed UNet, loss) as one graph (`fdm_cli.run`, docs/design.md §6.5);
+each step is timed as data / forward / backward / optimizer (`fdm_cli.steptime`), shown in the
+progress line. SIGINT/SIGTERM finish the current
 step, write a checkpoint and stop (continue with --resume).
 
 Reading order: `fdm_cli.run.setup` (data, process, model, EMA, optimizer, resume) ->

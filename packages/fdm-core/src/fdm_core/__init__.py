@@ -15,7 +15,14 @@ from .checkpoint import (
 from .config import ComponentSpec, ProcessConfig, SamplerConfig
 from .hookspecs import Register, hookimpl
 from .hostreads import HostReads
-from .loss import LossOutput, diffusion_loss, stratified_counts, stratified_times
+from .loss import (
+    LossOutput,
+    diffusion_loss,
+    draw_noise,
+    stage_loss,
+    stratified_counts,
+    stratified_times,
+)
 from .noise import StageNoise
 from .process import Denoiser, FDMProcess, PackedDenoiser, StageBatch, packs_stages
 from .registry import PluginError, Registry, get_registry, load_registry, reset_registry
@@ -64,6 +71,7 @@ __all__ = [
     "content_digest",
     "ddim_step",
     "diffusion_loss",
+    "draw_noise",
     "get_registry",
     "hookimpl",
     "load_registry",
@@ -74,6 +82,7 @@ __all__ = [
     "sample",
     "save_state",
     "save_tensors",
+    "stage_loss",
     "steps_per_stage",
     "stratified_counts",
     "stratified_times",

@@ -12,6 +12,7 @@ stratified, so a training step can run ahead of the device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,20 @@ def loss_weight(process: FDMProcess, t: torch.Tensor, k: int) -> torch.Tensor:
     return snr.clamp(min=1.0)
 
 
+def draw_noise(
+    process: FDMProcess,
+    counts: Sequence[int],
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[torch.Tensor | None]:
+    """eps for every stage present, stage after stage (the order `split_by_stage` draws in)."""
+    return [
+        torch.randn((n, *shape), generator=generator, device=device, dtype=dtype) if n else None
+        for n, shape in zip(counts, process.stage_shapes, strict=True)
+    ]
+
+
 def diffusion_loss(
     process: FDMProcess,
     model: Denoiser,
@@ -92,7 +107,24 @@ def diffusion_loss(
         order = torch.argsort(process.stage_of(t), stable=True)
         x, t, weights = x[order], t[order], weights[order]
         counts = process.stage_counts(t)
-    groups = process.split_by_stage(x, t, counts, generator)
+    noise = draw_noise(process, counts, generator, x.device, x.dtype)
+    loss, per_stage = stage_loss(process, model, x, t, weights, counts, noise)
+    return LossOutput(loss, per_stage, list(counts))
+
+
+def stage_loss(
+    process: FDMProcess,
+    model: Denoiser,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    weights: torch.Tensor,
+    counts: Sequence[int],
+    noise: Sequence[torch.Tensor | None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E23) and the per-stage losses for a batch ordered by stage, with its times, importance
+    weights, rows per stage and eps per stage given: no random draw and no host read, so it can
+    be compiled as one graph (`fdm train --compile`)."""
+    groups = process.split_by_stage(x, t, counts, noise=noise)
     if packs_stages(model):
         zs: list[torch.Tensor | None] = [None] * process.num_stages
         for group in groups:
@@ -110,4 +142,4 @@ def diffusion_loss(
             weighted = weighted * loss_weight(process, group.t, group.stage).float()
         total = total + weighted.sum()
         per_stage[group.stage] = error.detach().mean()
-    return LossOutput(total / batch, torch.stack(per_stage).float(), list(counts))
+    return total / x.shape[0], torch.stack(per_stage).float()

@@ -218,12 +218,14 @@ class FDMProcess:
         t: torch.Tensor,
         counts: Sequence[int] | None = None,
         generator: torch.Generator | None = None,
+        noise: Sequence[torch.Tensor | None] | None = None,
     ) -> list[StageBatch]:
         """Noise a batch ordered by stage, stage k's rows being the next `counts[k]`: one
         `StageBatch` per stage present, each at its own shape (docs/design.md §6.3). Only stage
         k's rows are transformed to x^k; eps is drawn stage after stage. Given `counts`, slicing
         needs no read of the batch's values, so the step stays free of host synchronisation;
-        without them they are read from `t`, which must then be ordered by stage."""
+        without them they are read from `t`, which must then be ordered by stage. `noise[k]`,
+        when given, is stage k's eps (see `fdm_core.loss.draw_noise`)."""
         if counts is None:
             stages = self.stage_of(t)
             if bool((stages[1:] < stages[:-1]).any()):
@@ -236,7 +238,12 @@ class FDMProcess:
             rows = slice(start, start + n)
             start += n
             x_stage = self.stage_signal(x[rows], k)
-            eps = torch.randn(x_stage.shape, generator=generator, device=x.device, dtype=x.dtype)
+            if noise is None:
+                eps = torch.randn(
+                    x_stage.shape, generator=generator, device=x.device, dtype=x.dtype
+                )
+            else:
+                eps = noise[k]
             tk = t[rows]
             alpha, sigma = (per_sample(v, x_stage) for v in self.alpha_sigma(tk, k))
             z = alpha * self.mean(x_stage, tk, k) + sigma * eps  # (E5), as q_sample
