@@ -16,13 +16,12 @@ loss stops the run, or with ``train.nonfinite: skip`` drops that batch (`fdm_cli
 ``train.precision: bf16`` runs only the UNet under autocast, ``train.compile`` compiles the
 loss (process math, packed UNet, loss) as one graph (`fdm_cli.run`, docs/design.md §6.5);
 each step is timed as data / forward / backward / optimizer (`fdm_cli.steptime`), shown in the
-progress line. SIGINT/SIGTERM finish the current
-step, write a checkpoint and stop (continue with --resume).
+progress line. SIGINT/SIGTERM finish the current step, write a checkpoint and stop (continue
+with --resume).
 
 Reading order: `fdm_cli.run.setup` (data, process, model, EMA, optimizer, resume) ->
 `train_step` (one batch, nothing read back) -> `fdm_cli.stepwindow` (the steps' statistics,
-read once per log window) ->
-`run_training` (the loop).
+read once per log window) -> `run_training` (the loop).
 """
 
 from __future__ import annotations
