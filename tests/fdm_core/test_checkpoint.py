@@ -113,11 +113,20 @@ def test_a_changed_byte_anywhere_is_refused_by_the_digest(tmp_path):
     assert load_state(path)[0]["step"] == 7
 
 
-def test_files_without_a_digest_still_load(tmp_path):
-    """Files written before digests, or by other tools, load unchecked."""
+def test_a_file_without_its_digest_is_refused(tmp_path):
+    """A file with no digest, or with one changed byte in the digest's key, is refused.
+
+    Catches the check that let such files load unchecked: one flipped bit in ``fdm_sha256``
+    (``fdm_shA256``) turned verification off and a damaged model sampled with exit 0."""
     from safetensors.torch import save
 
     path = tmp_path / "old.safetensors"
     path.write_bytes(save({"w": torch.ones(3)}, metadata={"fdm_config": "{}"}))
-    tensors, config = load_tensors(path)
-    assert torch.equal(tensors["w"], torch.ones(3)) and config == {}
+    with pytest.raises(CheckpointError, match="carries no 'fdm_sha256' digest"):
+        load_tensors(path)
+    save_tensors(path, {"w": torch.ones(3)}, config={})
+    data = path.read_bytes()
+    key = data.index(b"fdm_sha256")
+    path.write_bytes(data[: key + 6] + b"A" + data[key + 7 :])  # fdm_sha256 -> fdm_shA256
+    with pytest.raises(CheckpointError, match="carries no 'fdm_sha256' digest"):
+        load_tensors(path)

@@ -8,8 +8,9 @@ metadata, so one file restores the whole structure with `load_state`.
 
 Every file written here carries a SHA-256 digest of its tensors and metadata (`with_digest`),
 checked on every read (`verify_digest`): a flipped byte anywhere in the file is refused with
-one line, where it would otherwise load as silently different weights. Files without a digest
-(written before digests, or by other tools) load unchecked.
+one line, where it would otherwise load as silently different weights. A file without the
+digest is refused as well: otherwise one changed byte in the digest's own key would turn the
+check off.
 """
 
 from __future__ import annotations
@@ -102,9 +103,16 @@ def with_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> d
 
 
 def verify_digest(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """CheckpointError when a file read back does not match the digest written into it."""
+    """CheckpointError when a file read back carries no digest or does not match it."""
     stored = metadata.get(DIGEST_KEY)
-    if stored is not None and stored != tensors_digest(tensors, metadata):
+    if stored is None:
+        raise CheckpointError(
+            f"{path} carries no {DIGEST_KEY!r} digest: fdm writes one into every file, so this "
+            "one was changed or written by another tool; use an intact copy, or re-save your "
+            "own tensors with fdm_core.save_tensors (checkpoints) or "
+            "fdm_models.save_pretrained (model folders)"
+        )
+    if stored != tensors_digest(tensors, metadata):
         raise CheckpointError(
             f"{path} is damaged: its content does not match the SHA-256 digest stored in it "
             "(a changed or corrupted byte); use an intact copy"
