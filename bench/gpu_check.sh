@@ -7,7 +7,8 @@
 #      and bf16, eager and --compile; fdm-ds-64 against ddpm-64 (batch 128) and fdm-ds-256
 #      against ddpm-256 (batch 32) in bf16; side by side in one process per configuration;
 #   4. bench_gpu.py sample: s/img at batch 256, DDIM-100, fdm-ds:ddpm and fdm-ds-64:ddpm-64;
-#   5. bench_kernels.py (Triton against torch).
+#   5. bench_kernels.py (Triton against torch, the fused stage mean among them), and fdm-ds
+#      training with FDM_OPS_BACKEND=torch beside the default, to keep the faster path.
 #
 # Run from the repository root:
 #
@@ -58,6 +59,9 @@ G="timeout 150 $PY bench/bench_gpu.py"
     $G train --pairs fdm-ds-64:ddpm-64 --batch 128 --precision bf16 --json "$OUT/t3.json"
     $G train --pairs fdm-ds-256:ddpm-256 --batch 32 --precision bf16 --window 10 \
         --json "$OUT/t4.json"
+    # the fused stage-mean kernel off (torch's five passes), to compare with t1's batch 512 bf16
+    FDM_OPS_BACKEND=torch $G train --pairs fdm-ds:ddpm --batch 512 --precision bf16 \
+        --json "$OUT/t5.json"
 } >"$OUT/train.md" 2>&1
 cat "$OUT/train.md"
 

@@ -78,11 +78,11 @@ MUTANTS = {
         ),
     ),
     "mean-frozen-in-step": Mutant(
-        "the mean frozen at M_t inside a step (M_s not used)",
+        "M_s given the interpolation weight of t (delta_t for delta_s) in the step",
         "fdm_core.sampler",
         "apply_step",
-        "mean_s = clean + step.delta_s * residual",
-        "mean_s = clean + step.delta_t * residual",
+        "project = step.alpha_s * step.delta_s - r * step.alpha_t * step.delta_t",
+        "project = step.alpha_s * step.delta_t - r * step.alpha_t * step.delta_t",
         (
             f"{SAMPLER}::test_oracle_noisy_path_is_exact[ds2-0.0-noise]",
             f"{SAMPLER}::test_oracle_noisy_path_is_exact[blur3-0.5-boundary]",

@@ -59,16 +59,16 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
 ) -> None:
     """Catches a NaN check after the checkpoint write (the NaN weights would become `latest`)
     and a traceback instead of one line."""
-    from fdm_cli import run as run_module
+    import fdm_core.loss as loss_module
 
-    real, calls = run_module.stage_loss, {"n": 0}
+    real, calls = loss_module.stage_loss, {"n": 0}
 
     def nan_at_step_3(*args, **kwargs):
         loss, per_stage = real(*args, **kwargs)
         calls["n"] += 1
         return (loss * math.nan if calls["n"] == 3 else loss), per_stage
 
-    monkeypatch.setattr(run_module, "stage_loss", nan_at_step_3)
+    monkeypatch.setattr(loss_module, "stage_loss", nan_at_step_3)
     run_dir = tmp_path / "run"
     args = ["train", "--out", run_dir, "--max-steps", "6", "--set", "train.checkpoint_every=1"]
     result = cli(*args, *tiny)
@@ -143,10 +143,10 @@ def _same(a: Any, b: Any) -> bool:
 def _poison(monkeypatch: pytest.MonkeyPatch, bad: Callable[[int], bool]) -> dict[int, dict]:
     """`fdm train`'s loss is NaN at the calls (batches, 1-based) where `bad(n)`; returns the
     weights, EMA and optimizer state as each batch starts, by batch number."""
-    from fdm_cli import run as run_module
+    import fdm_core.loss as loss_module
     from fdm_cli import train as train_module
 
-    real_loss, real_setup, runs, seen = run_module.stage_loss, train_module.setup, [], {}
+    real_loss, real_setup, runs, seen = loss_module.stage_loss, train_module.setup, [], {}
 
     def spy_setup(*args: Any, **kwargs: Any) -> Any:
         runs.append(real_setup(*args, **kwargs))
@@ -160,7 +160,7 @@ def _poison(monkeypatch: pytest.MonkeyPatch, bad: Callable[[int], bool]) -> dict
         return (total * math.nan if bad(n) else total), per_stage
 
     monkeypatch.setattr(train_module, "setup", spy_setup)
-    monkeypatch.setattr(run_module, "stage_loss", loss)
+    monkeypatch.setattr(loss_module, "stage_loss", loss)
     return seen
 
 

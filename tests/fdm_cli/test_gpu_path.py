@@ -15,12 +15,12 @@ import torch
 from rich.console import Console
 from torch._dynamo.utils import counters
 
+import fdm_core.loss as loss_module
 from fdm_cli import checkpointing as ckpt
-from fdm_cli import run as run_module
 from fdm_cli import steptime
 from fdm_cli.losslog import read_loss_csv
 from fdm_cli.progress import TrainProgress
-from fdm_cli.run import COMPILE_BACKEND_ENV, LossModule
+from fdm_cli.run import COMPILE_BACKEND_ENV, LossModule, Run
 from fdm_cli.steptime import PHASES, StepTimer
 from fdm_cli.train import run_training
 from fdm_core import FDMProcess, load_state
@@ -40,7 +40,7 @@ def _record_training(
     split, forward, loss_fn = (
         FDMProcess.split_by_stage,
         MultiStageUNet.forward_packed,
-        run_module.stage_loss,
+        loss_module.stage_loss,
     )
 
     def spy_split(self: FDMProcess, *args: object, **kwargs: object) -> list:
@@ -61,7 +61,7 @@ def _record_training(
 
     monkeypatch.setattr(FDMProcess, "split_by_stage", spy_split)
     monkeypatch.setattr(MultiStageUNet, "forward_packed", spy_forward)
-    monkeypatch.setattr(run_module, "stage_loss", spy_loss)
+    monkeypatch.setattr(loss_module, "stage_loss", spy_loss)
     sets = {"train.precision": precision, "train.device": device}
     cfg = tiny_config(2, preset="fdm-blur-g", **BLUR, **sets)
     run_training(cfg, run_dir, show_progress=False)
@@ -201,7 +201,7 @@ def test_each_phase_gets_the_time_of_its_own_work(tmp_path: Path, monkeypatch) -
         return timed
 
     monkeypatch.setattr(steptime, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(run_module.Run, "batch", costs(1, run_module.Run.batch))
+    monkeypatch.setattr(Run, "batch", costs(1, Run.batch))
     monkeypatch.setattr(LossModule, "forward", costs(10, LossModule.forward))
     monkeypatch.setattr(torch.Tensor, "backward", costs(100, torch.Tensor.backward))
     monkeypatch.setattr(EMA, "update", costs(1000, EMA.update))

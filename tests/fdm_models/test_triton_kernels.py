@@ -150,3 +150,57 @@ def test_triton_backend_runs_the_kernels(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("FDM_OPS_BACKEND", "triton")
     ops.upsample_nearest(ops.downsample_mean(ops.blur_separable(x, box(3)), 2), 2)
     assert calls == ["blur_separable", "downsample_mean", "upsample_nearest"]
+
+
+def _mix_args(shape: tuple, dtype: torch.dtype = torch.float32, extra: bool = True) -> tuple:
+    batch = shape[0]
+    coefficients = [torch.rand(batch, device=DEVICE) * 2 - 0.5 for _ in range(3)]
+    other = _image(shape, dtype) if extra else None
+    return coefficients[0], coefficients[1], other, coefficients[2] if extra else None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("factor", "shape"), [(2, (3, 2, 34, 50)), (4, (2, 3, 36, 52))])
+@pytest.mark.parametrize("extra", [True, False], ids=["with-extra", "no-extra"])
+def test_mix_block_mean(factor: int, shape: tuple, extra: bool, dtype: torch.dtype) -> None:
+    """One pass equals keep x + project up(down(x)) + scale extra, per sample: catches a block
+    read at the wrong corner (rows // F without * F), a coefficient of the wrong sample (b vs
+    c), or an extra term added when HAS_EXTRA is off."""
+    x = _image(shape, dtype)
+    keep, project, other, scale = _mix_args(shape, dtype, extra)
+    out = ops.mix_block_mean(x, factor, keep, project, other, scale, backend="triton")
+    assert out.dtype == dtype and out.shape == x.shape
+    expected = reference.mix_block_mean(
+        x.float(), factor, keep, project, None if other is None else other.float(), scale
+    ).to(dtype)
+    torch.testing.assert_close(out, expected, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("view", ["transposed", "channels_last", "expanded"])
+def test_mix_block_mean_non_contiguous(view: str) -> None:
+    x = NON_CONTIGUOUS[view](_image((2, 3, 40, 40)))
+    extra = NON_CONTIGUOUS[view](_image((2, 3, 40, 40)))
+    keep, project, _, scale = _mix_args(x.shape)
+    out = ops.mix_block_mean(x, 2, keep, project, extra, scale, backend="triton")
+    expected = reference.mix_block_mean(x, 2, keep, project, extra, scale)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mix_block_mean_opcheck_and_gradients() -> None:
+    """The Triton op's fake shape, schema and autograd against the reference's own autograd:
+    catches a backward that forgets P's adjoint (keep g only) or a coefficient gradient."""
+    shape = (2, 2, 8, 12)
+    x = torch.randn(shape, device=DEVICE, requires_grad=True)
+    keep, project, extra, scale = (
+        t.clone().requires_grad_() for t in _mix_args(shape) if t is not None
+    )
+    args = (x, 2, keep, project, extra, scale, "triton")
+    torch.library.opcheck(torch.ops.fdm.mix_block_mean.default, args)
+    out = torch.ops.fdm.mix_block_mean(*args)
+    expected = reference.mix_block_mean(x, 2, keep, project, extra, scale)
+    grad = torch.randn_like(out)
+    inputs = (x, keep, project, extra, scale)
+    got = torch.autograd.grad(out, inputs, grad)
+    want = torch.autograd.grad(expected, inputs, grad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -15,6 +15,10 @@ and a warning names the step and the count of skipped batches so far (in this in
 running through skipped batches. After `NONFINITE_LIMIT` non-finite batches in a row training
 stops as ``stop`` would.
 
+This is the one mode with a read per step (one transfer of two numbers): its contract, that a
+skipped batch is no step for the learning-rate schedule, the EMA warm-up and ``max_steps``, needs
+the decision on the host before the next step is scheduled. ``stop`` reads nothing per step.
+
 Under DDP every rank must take the same decision: the loss and gradient norm are summed over
 the ranks first (one small all-reduce, only in ``skip`` mode), and a sum is finite exactly when
 every rank's value is, so one rank's NaN makes all ranks skip.
@@ -66,7 +70,7 @@ class NonfiniteGuard:
         non-finite batches in a row. `step` is the number the step would get (1-based)."""
         if not self.skip:
             return True
-        values = torch.stack([loss.detach().double().cpu(), grad_norm.detach().double().cpu()])
+        values = torch.stack([loss.detach().float(), grad_norm.detach().float()]).double().cpu()
         values = dist_.sum_over_ranks(self.ctx, values) / self.ctx.world_size
         mean_loss, norm = values.tolist()
         if math.isfinite(mean_loss) and math.isfinite(norm):

@@ -6,7 +6,6 @@ checkpoint and its sample images (EMA weights, split over DDP ranks).
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,11 +17,8 @@ from torch import nn
 from fdm_core import (
     FDMProcess,
     diffusion_loss,
-    draw_noise,
     packs_stages,
     stage_loss,
-    stratified_counts,
-    stratified_times,
 )
 from fdm_models import EMA, MultiStageUNet
 
@@ -83,22 +79,16 @@ class LossModule(nn.Module):
         self.process = process
         self.unet = unet
         self.network = Network(unet, bf16)
-        eager = functools.partial(stage_loss, process, self.network)
-        self.stage_loss = torch.compile(eager, **compile_options()) if compile else eager
+        self.static_loss = torch.compile(stage_loss, **compile_options()) if compile else None
 
     def forward(
         self, x: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """The loss, the per-stage losses (device tensors) and the rows per stage."""
-        process, batch = self.process, x.shape[0]
-        counts = stratified_counts(process, batch)
-        if counts is None:  # a batch smaller than the stage count: stages read back
-            out = diffusion_loss(process, self.network, x, generator=generator)
-            return out.loss, out.per_stage, out.counts
-        t, weights = stratified_times(process, batch, generator, x.device)
-        noise = draw_noise(process, counts, generator, x.device, x.dtype)
-        loss, per_stage = self.stage_loss(x, t, weights, counts, noise)
-        return loss, per_stage, counts
+        out = diffusion_loss(
+            self.process, self.network, x, generator=generator, static_loss=self.static_loss
+        )
+        return out.loss, out.per_stage, out.counts
 
 
 @dataclass

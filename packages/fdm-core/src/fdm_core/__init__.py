@@ -31,6 +31,7 @@ from .schedules import NoiseSchedule, StageSchedule
 from .testing import TransformConformance, check_transform
 from .transform import (
     Boundary,
+    Coefficient,
     Shape,
     SignalTransform,
     TransformContractError,
@@ -43,6 +44,7 @@ __all__ = [
     "Boundary",
     "Callback",
     "CheckpointError",
+    "Coefficient",
     "ComponentSpec",
     "Denoiser",
     "FDMProcess",

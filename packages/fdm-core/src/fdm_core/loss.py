@@ -12,13 +12,15 @@ stratified, so a training step can run ahead of the device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .process import Denoiser, FDMProcess, packs_stages
 from .schedules import apportion
+
+StageLoss = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # `stage_loss`'s signature
 
 
 @dataclass
@@ -93,9 +95,14 @@ def diffusion_loss(
     x: torch.Tensor,
     t: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    static_loss: StageLoss | None = None,
 ) -> LossOutput:
     """Mean weighted squared error of F(z_t, t, k) against the target over a batch of data x
-    (E23). Times given as `t` get weight 1; their stages are read back to order the batch."""
+    (E23). Times given as `t` get weight 1; their stages are read back to order the batch.
+
+    `static_loss` replaces `stage_loss` when the rows per stage are fixed by the batch size
+    (stratified times, at least one row per stage): `fdm train --compile` passes its compiled
+    graph, which then never sees a new shape."""
     batch = x.shape[0]
     counts = None
     if t is None:
@@ -103,12 +110,13 @@ def diffusion_loss(
         counts = stratified_counts(process, batch)
     else:
         weights = torch.ones(batch, device=x.device)
+    loss_fn = static_loss if static_loss is not None and counts is not None else stage_loss
     if counts is None:  # order the batch by stage (a no-op for sorted stratified times)
         order = torch.argsort(process.stage_of(t), stable=True)
         x, t, weights = x[order], t[order], weights[order]
         counts = process.stage_counts(t)
     noise = draw_noise(process, counts, generator, x.device, x.dtype)
-    loss, per_stage = stage_loss(process, model, x, t, weights, counts, noise)
+    loss, per_stage = loss_fn(process, model, x, t, weights, counts, noise)
     return LossOutput(loss, per_stage, list(counts))
 
 

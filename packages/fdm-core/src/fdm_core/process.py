@@ -138,23 +138,36 @@ class FDMProcess:
         """M_t x^k = x^k + delta_t (g(f(x^k)) - x^k) (docs/design.md §2 (E4))."""
         if not self.interpolates(k):
             return xk
-        return xk + per_sample(self.delta(t, k), xk) * self.projection_residual(xk, k)
+        delta = self.delta(t, k)
+        return self.transforms[k].mix_projection(xk, 1 - delta, delta)
 
     def interpolates(self, k: int) -> bool:
         """Whether stage k's mean moves with t: interpolation on and k < K (docs/design.md §2)."""
         return self.config.interpolation and k < self.num_stages - 1
 
-    def projection_residual(self, xk: torch.Tensor, k: int) -> torch.Tensor:
-        """g(f(x^k)) - x^k, the direction the mean M_t x^k moves along inside stage k (E4)."""
-        transform = self.transforms[k]
-        return transform.decode(transform.encode(xk)) - xk
-
     def q_sample(
         self, x_stage: torch.Tensor, t: torch.Tensor, k: int, eps: torch.Tensor
     ) -> torch.Tensor:
         """z_t = alpha_t M_t x^k + sigma_t eps for stage-k signals (docs/design.md §3.1 (E5))."""
-        alpha, sigma = self.alpha_sigma(t, k)
-        return per_sample(alpha, x_stage) * self.mean(x_stage, t, k) + per_sample(sigma, eps) * eps
+        return self.q_sample_from(x_stage, t, k, eps, *self.alpha_sigma(t, k))
+
+    def q_sample_from(
+        self,
+        x_stage: torch.Tensor,
+        t: torch.Tensor,
+        k: int,
+        eps: torch.Tensor,
+        alpha: torch.Tensor,
+        sigma: torch.Tensor,
+    ) -> torch.Tensor:
+        """(E5) given the (B,) alpha_t, sigma_t: inside an interpolating stage one pass
+        alpha (1 - delta) x^k + alpha delta g(f(x^k)) + sigma eps
+        (`SignalTransform.mix_projection`)."""
+        if not self.interpolates(k):
+            return per_sample(alpha, x_stage) * x_stage + per_sample(sigma, eps) * eps
+        delta = self.delta(t, k)
+        keep, project = alpha * (1 - delta), alpha * delta
+        return self.transforms[k].mix_projection(x_stage, keep, project, eps, sigma)
 
     # -- parameterization -------------------------------------------------------------------------
     def target(
@@ -245,9 +258,9 @@ class FDMProcess:
             else:
                 eps = noise[k]
             tk = t[rows]
-            alpha, sigma = (per_sample(v, x_stage) for v in self.alpha_sigma(tk, k))
-            z = alpha * self.mean(x_stage, tk, k) + sigma * eps  # (E5), as q_sample
-            target = self.target_from(x_stage, z, eps, alpha, sigma)
+            alpha, sigma = self.alpha_sigma(tk, k)
+            z = self.q_sample_from(x_stage, tk, k, eps, alpha, sigma)
+            target = self.target_from(x_stage, z, eps, per_sample(alpha, z), per_sample(sigma, z))
             groups.append(StageBatch(k, rows, tk, x_stage, z, eps, target))
         return groups
 

@@ -111,15 +111,20 @@ def apply_step(
     step: StepCoefficients,
     xi: torch.Tensor | None,
 ) -> torch.Tensor:
-    """z_s from z_t and the clean prediction xhat^k (E25-E27); the projection g(f(xhat^k)) is
-    computed once for both means, and no noise is added when c = 0 (eta = 0)."""
-    mean_t = mean_s = clean
+    """z_s from z_t and the clean prediction xhat^k (E25-E27), as one combination (E40)
+    z_s = r z + keep xhat + project g(f(xhat)) (+ c xi), r = noise / sigma_t: with
+    M = (1 - delta) xhat + delta g(f(xhat)), epshat = (z - alpha_t M_t) / sigma_t and
+    z_s = alpha_s M_s + noise epshat, so keep = alpha_s (1 - delta_s) - r alpha_t (1 - delta_t)
+    and project = alpha_s delta_s - r alpha_t delta_t. Inside an interpolating stage it is one
+    `SignalTransform.mix_projection` (one fused pass for down-sampling); no noise is added when
+    c = 0 (eta = 0)."""
+    r = step.noise / step.sigma_t
     if process.interpolates(k):
-        residual = process.projection_residual(clean, k)
-        mean_t = clean + step.delta_t * residual
-        mean_s = clean + step.delta_s * residual
-    eps = (z - step.alpha_t * mean_t) / step.sigma_t
-    z_s = step.alpha_s * mean_s + step.noise * eps
+        keep = step.alpha_s * (1 - step.delta_s) - r * step.alpha_t * (1 - step.delta_t)
+        project = step.alpha_s * step.delta_s - r * step.alpha_t * step.delta_t
+        z_s = process.transforms[k].mix_projection(clean, keep, project, z, r)
+    else:
+        z_s = (step.alpha_s - r * step.alpha_t) * clean + r * z
     if step.c > 0:
         if xi is None:
             raise ValueError("a step with eta > 0 needs the noise xi")

@@ -13,7 +13,8 @@ As a pytest mixin::
 
 or directly: ``check_transform(MyTransform(), (3, 32, 32))`` raises AssertionError on the first
 broken property. Checks depend on the declared boundary kind: every transform must get shapes,
-dtype, device, batch independence, gradients and its config round trip right; ``projection``
+dtype, device, batch independence, gradients, `mix_projection` (a fused override equals the
+default) and its config round trip right; ``projection``
 transforms must also satisfy f g = I, P = g f idempotent and self-adjoint, and f f^T = r I with
 r = d_{k+1} / d_k (white noise maps to white noise of variance r); ``identity`` transforms keep
 the shape and decode as the identity.
@@ -82,6 +83,24 @@ def check_differentiable(transform: SignalTransform, shape: Shape) -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all(), "no finite gradient through f, g"
 
 
+def check_mix_projection(transform: SignalTransform, shape: Shape, batch: int = 3) -> None:
+    """`mix_projection` equals keep x + project g(f(x)) + scale extra (the default), with
+    per-sample and scalar coefficients, in float32: a fused override must compute the same."""
+    x, extra = _input(shape, batch, torch.float32), _input(shape, batch, torch.float32, seed=3)
+    keep, project, scale = (torch.linspace(-0.5, 1.5, batch) + i for i in range(3))
+    projected = transform.decode(transform.encode(x))
+    rows = (-1, *([1] * len(shape)))
+    want = keep.view(rows) * x + project.view(rows) * projected + scale.view(rows) * extra
+    got = transform.mix_projection(x, keep, project, extra, scale)
+    assert got.dtype == x.dtype, f"mix_projection turned {x.dtype} into {got.dtype}"
+    _close(got, want, "mix_projection with per-sample coefficients vs keep x + project g(f(x))")
+    _close(
+        transform.mix_projection(x, 0.25, 0.75),
+        0.25 * x + 0.75 * projected,
+        "mix_projection with numbers vs keep x + project g(f(x))",
+    )
+
+
 def check_config_round_trip(
     transform: SignalTransform, shape: Shape, registry: Registry | None = None
 ) -> None:
@@ -143,6 +162,7 @@ def check_transform(
     check_dtype_device(transform, shape, device)
     check_batch_independence(transform, shape)
     check_differentiable(transform, shape)
+    check_mix_projection(transform, shape)
     check_config_round_trip(transform, shape, registry)
     check_boundary_contract(transform, shape)
 
@@ -218,6 +238,9 @@ class TransformConformance:
 
     def test_differentiable(self) -> None:
         check_differentiable(self.make_transform(), self.input_shape)
+
+    def test_mix_projection(self) -> None:
+        check_mix_projection(self.make_transform(), self.input_shape)
 
     def test_config_round_trip(self) -> None:
         check_config_round_trip(self.make_transform(), self.input_shape)

@@ -24,12 +24,15 @@ from abc import ABC, abstractmethod
 from enum import Enum
 from math import prod
 from numbers import Integral
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 Shape = tuple[int, ...]
+
+
+Coefficient: TypeAlias = float | torch.Tensor  # one number, or (B,): one per sample
 
 
 class Boundary(str, Enum):
@@ -78,6 +81,26 @@ class SignalTransform(ABC):
     def decode(self, y: torch.Tensor) -> torch.Tensor:
         """g: stage k+1 -> stage k."""
 
+    def mix_projection(
+        self,
+        x: torch.Tensor,
+        keep: Coefficient,
+        project: Coefficient,
+        extra: torch.Tensor | None = None,
+        extra_scale: Coefficient | None = None,
+    ) -> torch.Tensor:
+        """keep x + project g(f(x)) (+ extra_scale extra): the stage mean M_t x with keep =
+        1 - delta_t, project = delta_t (docs/design.md §2 (E4)), z_t with extra = eps (E5), and
+        the sampler's step (E25-E27) are all this one combination.
+
+        Coefficients are numbers or (B,) tensors, one per sample. A transform may override it
+        with a fused kernel (down-sampling does); the result must equal this default, which the
+        conformance suite (`fdm_core.testing`) checks."""
+        out = _scaled(keep, x) + _scaled(project, self.decode(self.encode(x)))
+        if extra is not None and extra_scale is not None:
+            out = out + _scaled(extra_scale, extra)
+        return out
+
     def validate_shape(self, shape: Shape) -> tuple[int, int, int]:
         """`shape` as ``(C, H, W)``; ValueError unless it is three positive integers."""
         dims = _dims(shape)
@@ -114,6 +137,13 @@ class SignalTransform(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._param_values().items())
         return f"{type(self).__name__}({args})"
+
+
+def _scaled(c: Coefficient, x: torch.Tensor) -> torch.Tensor:
+    """c x for a number c, or a (B,) tensor c broadcast over each sample of x (in x's dtype)."""
+    if isinstance(c, torch.Tensor):
+        return c.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))) * x
+    return c * x
 
 
 def _dims(shape: object) -> tuple[int, ...] | None:

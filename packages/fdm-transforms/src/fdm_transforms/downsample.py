@@ -2,7 +2,8 @@
 
 f is mean pooling over factor x factor blocks and g nearest up-sampling, so f(g(y)) = y and
 P = g f is the orthogonal projection onto block-constant images; f maps white noise to white
-noise of variance 1 / factor^2 = d_{k+1} / d_k.
+noise of variance 1 / factor^2 = d_{k+1} / d_k. `mix_projection` (the stage mean, z_t and the
+sampler step) runs as one fused pass, `fdm_models.ops.mix_block_mean`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from fdm_core import Boundary, Shape, SignalTransform, TransformParams
-from fdm_models.ops import downsample_mean, upsample_nearest
+from fdm_core import Boundary, Coefficient, Shape, SignalTransform, TransformParams
+from fdm_models.ops import downsample_mean, mix_block_mean, upsample_nearest
 
 
 class DownsampleParams(TransformParams):
@@ -40,3 +41,15 @@ class DownsampleTransform(SignalTransform):
     def decode(self, y: torch.Tensor) -> torch.Tensor:
         self.validate_batch(y)
         return upsample_nearest(y, self.params.factor)
+
+    def mix_projection(
+        self,
+        x: torch.Tensor,
+        keep: Coefficient,
+        project: Coefficient,
+        extra: torch.Tensor | None = None,
+        extra_scale: Coefficient | None = None,
+    ) -> torch.Tensor:
+        """keep x + project P x (+ extra_scale extra) in one pass (docs/design.md (E4))."""
+        self.out_shape(self.validate_batch(x))
+        return mix_block_mean(x, self.params.factor, keep, project, extra, extra_scale)

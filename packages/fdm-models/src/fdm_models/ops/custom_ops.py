@@ -12,7 +12,8 @@ by the tests).
 Every op has a fake (meta) implementation and an autograd formula (docs/design.md §12.1 (E34)):
 the backward of mean down-sampling is nearest up-sampling / factor², that of nearest up-sampling
 is down-sampling * factor², and the blur backward is its exact adjoint (transposed convolutions,
-then the adjoint of reflect padding).
+then the adjoint of reflect padding). The fused stage mean is self-adjoint in x (P is an
+orthogonal projection).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ OPS_BACKEND_ENV = "FDM_OPS_BACKEND"
 # torch, a 13-tap blur at 0.72-0.80x; nearest up-sampling at 1.41-1.61x; mean down-sampling at
 # 0.38-0.58x (torch's pooling kernel is bandwidth-bound and hard to beat).
 AUTO_TRITON_MAX_TAPS = 5
-AUTO_TRITON_OPS = ("blur_separable", "upsample_nearest")
+# The fused stage mean (`mix_block_mean`) is one pass over memory where torch makes five, so
+# ``auto`` picks its kernel on CUDA in eager mode; it has no H200 timing yet (bench/gpu_check.sh
+# times both paths). Under torch.compile the torch path runs instead, for inductor to fuse.
+AUTO_TRITON_OPS = ("blur_separable", "upsample_nearest", "mix_block_mean")
 
 logger = logging.getLogger(__name__)
 
@@ -267,3 +271,72 @@ downsample_mean_op.register_autograd(
 upsample_nearest_op.register_autograd(
     _upsample_nearest_backward, setup_context=_resample_setup_context
 )
+
+
+# --- the fused stage mean ---------------------------------------------------------------------
+
+
+def _check_mix(x: torch.Tensor, factor: int, coefficients: list[torch.Tensor]) -> None:
+    _check_downsample(x, factor)
+    for c in coefficients:
+        if c.shape != (x.shape[0],):
+            raise ValueError(
+                f"mix_block_mean needs one coefficient per sample, shape ({x.shape[0]},), got "
+                f"{tuple(c.shape)}"
+            )
+
+
+@torch.library.custom_op("fdm::mix_block_mean", mutates_args=())
+def mix_block_mean_op(
+    x: torch.Tensor,
+    factor: int,
+    keep: torch.Tensor,
+    project: torch.Tensor,
+    extra: torch.Tensor | None,
+    extra_scale: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    """keep x + project P x (+ extra_scale extra), P the block mean broadcast back."""
+    _check_mix(x, factor, [keep, project])
+    if resolve_ops_backend(backend, x.device, op="mix_block_mean") == "triton":
+        return _kernels().mix_block_mean(x, factor, keep, project, extra, extra_scale)
+    return reference.mix_block_mean(x, factor, keep, project, extra, extra_scale).contiguous()
+
+
+@mix_block_mean_op.register_fake
+def _(x, factor, keep, project, extra, extra_scale, backend) -> torch.Tensor:
+    _check_mix(x, factor, [keep, project])
+    return x.new_empty(x.shape)
+
+
+def _mix_setup_context(ctx, inputs, output) -> None:
+    x, factor, keep, project, extra, extra_scale, backend = inputs
+    ctx.factor, ctx.backend, ctx.has_extra = factor, backend, extra is not None
+    ctx.save_for_backward(x, keep, project, extra, extra_scale)
+
+
+def _mix_backward(ctx, grad: torch.Tensor):
+    """d/dx = keep g + project P g (P = P^T); d/d(extra) = extra_scale g; each coefficient's
+    gradient is its term's inner product with g, per sample."""
+    x, keep, project, extra, extra_scale = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grad_x = grad_keep = grad_project = grad_extra = grad_scale = None
+
+    def per_sample_dot(a: torch.Tensor) -> torch.Tensor:
+        return (grad * a).flatten(1).sum(1)
+
+    if needs[0]:
+        grad_x = mix_block_mean_op(grad, ctx.factor, keep, project, None, None, ctx.backend)
+    if needs[2]:
+        grad_keep = per_sample_dot(x).to(keep.dtype)
+    if needs[3]:
+        projected = reference.upsample_nearest(reference.downsample_mean(x, ctx.factor), ctx.factor)
+        grad_project = per_sample_dot(projected).to(project.dtype)
+    if ctx.has_extra and needs[4]:
+        grad_extra = extra_scale.to(grad.dtype).view(-1, 1, 1, 1) * grad
+    if ctx.has_extra and needs[5]:
+        grad_scale = per_sample_dot(extra).to(extra_scale.dtype)
+    return grad_x, None, grad_keep, grad_project, grad_extra, grad_scale, None
+
+
+mix_block_mean_op.register_autograd(_mix_backward, setup_context=_mix_setup_context)
