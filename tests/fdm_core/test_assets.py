@@ -3,6 +3,7 @@ content digest, resolves relative to the model's folder, and refuses a changed f
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -96,11 +97,9 @@ def test_nodes_with_the_same_process_id_copy_under_different_temporaries(
     copies under a temporary name of its own before renaming into place."""
     spec = [{"name": "file_gain", "path": str(gain_folder(tmp_path / "enc", 2.0))}]
     temporaries = []
-    copytree = shutil.copytree
+    replace = os.replace
     monkeypatch.setattr("os.getpid", lambda: 4242)
-    monkeypatch.setattr(
-        shutil, "copytree", lambda a, b: temporaries.append(b.name) or copytree(a, b)
-    )
+    monkeypatch.setattr(os, "replace", lambda a, b: temporaries.append(a.name) or replace(a, b))
     for node in ("node-a", "node-b"):
         monkeypatch.setattr("socket.gethostname", lambda node=node: node)
         bundled = bundle_assets(spec, [FileGain], tmp_path / node)

@@ -116,7 +116,8 @@ def train(
     progress: Annotated[bool, Opt(help="Show the progress bar.")] = True,
 ) -> None:
     """Train an f-DM (or the DDPM baseline) and write checkpoints, samples and losses to RUN_DIR."""
-    from .config import resolve_train_config, saved_run_config
+    from .config import resolve_train_config
+    from .configfile import saved_run_config
     from .presets import DEFAULT_PRESET
 
     run_dir = out or Path("runs") / (preset or DEFAULT_PRESET)
@@ -147,11 +148,11 @@ def train(
 
         print_dry_run(cfg, run_dir, console)
         return
-    from .outputs import prepare_run_dir
     from .train import run_training
 
-    prepare_run_dir(run_dir, overwrite, resume)
-    result = run_training(cfg, run_dir, resume=resume, console=console, show_progress=progress)
+    result = run_training(
+        cfg, run_dir, resume=resume, console=console, show_progress=progress, overwrite=overwrite
+    )
     if result.interrupted:
         raise typer.Exit(130)
 
@@ -245,6 +246,7 @@ def sample(
         load_model,
         parse_stage_seeds,
         sampler_config,
+        steps_note,
         strip_columns,
         strip_tile,
     )
@@ -259,23 +261,23 @@ def sample(
     check_seeds(seed, num)
     config = sampler_config(steps, sampler, eta)
     targets = [out or Path("samples.png")] if out_dir is None else sample_paths(out_dir, num)
-    check_outputs([*targets, *([strip] if strip else [])], overwrite, model_inputs(model))
+    for group, flag in ((targets, "--out-dir" if out_dir else "--out"), ([strip], "--strip")):
+        check_outputs([p for p in group if p], overwrite, model_inputs(model), flag)
     dev = resolve_device(device)
     loaded = load_model(model, ema=ema, device=dev)
     seeds = parse_stage_seeds(stage_seeds, loaded.process.num_stages)
     tuner = configure_threads(threads, tune=dev.type == "cpu")
     result = generate(loaded, range(num), seed, config, seeds, batch_size, dev, threads=tuner)
-    console = Console(highlight=False, soft_wrap=True)
+    console, note = Console(highlight=False, soft_wrap=True), steps_note(loaded.process, config)
     if out_dir is not None:
         paths = save_images(result.x, out_dir, first_index=0)
-        console.print(f"wrote {len(paths)} samples to {out_dir}/ from {loaded.description}")
+        console.print(f"wrote {len(paths)} samples to {out_dir}/ from {loaded.description}{note}")
     else:
-        target = out or Path("samples.png")
         grid = make_grid(result.x)
-        save_png(grid, target)
+        save_png(grid, targets[0])
         console.print(
-            f"wrote {num} samples ({grid.width}x{grid.height}) to {target} from "
-            f"{loaded.description}"
+            f"wrote {num} samples ({grid.width}x{grid.height}) to {targets[0]} from "
+            f"{loaded.description}{note}"
         )
     if strip is not None:
         tile = strip_tile(loaded.process.config.resolution)

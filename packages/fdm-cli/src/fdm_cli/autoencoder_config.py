@@ -22,12 +22,15 @@ from fdm_models import AutoencoderConfig
 
 from .config import (
     BUDGET_FLAGS,
+    MAX_BATCH,
     AdamWConfig,
+    BatchSize,
     DataConfig,
     LoopOptions,
     Section,
     apply_flags,
 )
+from .configfile import refuse_withheld_source
 from .data import probe_channels
 from .errors import UserError, format_validation_error
 
@@ -57,7 +60,7 @@ class AutoencoderOptim(AdamWConfig):
 class AutoencoderTrainOptions(LoopOptions):
     """The shared loop options plus held-out images, the latent-scale fit and evaluation."""
 
-    batch_size: int = Field(64, gt=0, description="images per step")
+    batch_size: BatchSize = Field(64, description=f"images per step (<= {MAX_BATCH})")
     seed: int = Field(0, ge=0, description="seeds init, data order and the posterior noise")
     holdout: int = Field(
         500, ge=0, description="the last N images of the dataset: never trained on, evaluated"
@@ -66,7 +69,7 @@ class AutoencoderTrainOptions(LoopOptions):
         2000, gt=0, description="training images the latent shift and scale are fitted on"
     )
     show: int = Field(32, gt=0, description="held-out images in the reconstruction grid")
-    eval_batch_size: int = Field(256, gt=0, description="images per batch when evaluating")
+    eval_batch_size: BatchSize = Field(256, description="images per batch when evaluating")
     checkpoint_every: int = Field(500, gt=0, description="checkpoint every N steps")
 
 
@@ -92,12 +95,14 @@ def resolve_autoencoder_config(
 ) -> AutoencoderTrainConfig:
     """DEFAULTS (or `saved`, the config of a run being resumed) < `flags` (dotted key -> value,
     None = not given; a step or time budget replaces the other) < ``--set key=value``
-    `overrides`. ``model.in_channels`` follows the data. Invalid input: a UserError."""
+    `overrides`. ``model.in_channels`` follows the data. A command or URL data source that
+    `saved_run_config` withheld must be given again. Invalid input: a UserError."""
     given = {key: value for key, value in (flags or {}).items() if value is not None}
     if all(key in given for key in BUDGET_FLAGS):
         raise UserError("--max-steps and --minutes are alternatives; give one")
     raw = json.loads(json.dumps(saved if saved is not None else DEFAULTS))
     apply_flags(raw, given, overrides)
+    refuse_withheld_source(raw)  # a command or URL from the run folder, not given again
     try:
         data = DataConfig.model_validate(raw.get("data", {}))
     except ValidationError as exc:

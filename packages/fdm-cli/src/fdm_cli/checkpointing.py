@@ -9,6 +9,7 @@
       samples/final.png, samples/final-strip.png
       loss.csv, loss.png              per-step losses (total and per stage) and their curve
       model/                          the final EMA model (save_pretrained): a MODEL_DIR
+      .lock                           held by the training process (pid inside; `fdm_cli.runlock`)
 
 Every file is written to a temporary name and renamed into place; `latest` is only moved once
 the checkpoint it names is complete, and old checkpoints are pruned after that.
@@ -34,6 +35,7 @@ LATEST = "latest"
 CONFIG_FILE = "config.yaml"
 MODEL_DIR = "model"
 SAMPLES = "samples"
+LOCK = ".lock"  # one process per RUN_DIR (fdm_cli.runlock); never swept, moved or published
 _NAME = re.compile(r"^step-(\d+)\.safetensors$")
 _TEMPORARY = re.compile(r"^\..+\.tmp$")  # atomic_write's: "." + name + "." + random + ".tmp"
 

@@ -15,16 +15,23 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fdm_core import ProcessConfig, SamplerConfig
 from fdm_models import UNetConfig
 
-from . import checkpointing as ckpt
 from .choices import Device, Precision
+from .configfile import WITHHELD, read_config_file, refuse_withheld_source
 from .data import probe_channels
 from .errors import UserError, format_validation_error
 from .presets import DEFAULT_PRESET, NO_DATA, deep_merge, preset_dict
@@ -63,13 +70,27 @@ class DataConfig(Section):
         "$FDM_DATA_CACHE, else ~/.cache/fdm/data)",
     )
 
+    @field_validator("source")
+    @classmethod
+    def _checked_source(cls, value: str) -> str:
+        if value.startswith(WITHHELD):  # a run folder's command or URL: see saved_run_config
+            refuse_withheld_source({"data": {"source": value}})
+        if "\0" in value:
+            raise ValueError("a data source cannot contain a NUL character")
+        return value
+
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
+MAX_BATCH = 1 << 16  # images in one batch: checked before anything is allocated
+BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH)]
+
 
 class AdamWConfig(Section):
     """AdamW with linear warm-up, then constant or cosine decay, and gradient clipping."""
 
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.99), description="AdamW betas, each in [0, 1)")
     warmup_steps: int = Field(200, ge=0, description="linear learning-rate warm-up")
     decay: Literal["constant", "cosine"] = Field(
         "cosine", description="after warm-up: constant, or cosine to 10% over the step/time budget"
@@ -93,7 +114,9 @@ class LoopOptions(Section):
     """A training loop's length, device, seeding and checkpoints (shared by `fdm train` and
     `fdm train-autoencoder`)."""
 
-    batch_size: int = Field(64, gt=0, description="global batch (split across DDP ranks)")
+    batch_size: BatchSize = Field(
+        64, description=f"global batch (split across DDP ranks), at most {MAX_BATCH}"
+    )
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
     minutes: float | None = Field(
         None, gt=0, description="stop after this much training wall time (summed over resumes)"
@@ -143,7 +166,7 @@ class SampleOptions(Section):
     steps: int = Field(100, gt=0, description="sampler steps (split across stages)")
     eta: float = Field(0.0, ge=0, le=1, description="0: DDIM, 1: ancestral DDPM")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="sample i uses noise seed seed + i")
-    batch_size: int = Field(64, gt=0, description="images per sampler call")
+    batch_size: BatchSize = Field(64, description=f"images per sampler call (<= {MAX_BATCH})")
 
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(steps=self.steps, eta=self.eta)
@@ -192,7 +215,9 @@ def resolve_train_config(
     data's channels then fix ``process.channels``, the process fixes ``model.stage_shapes``.
     ``process.autoencoder`` (flag or override) sets the folder of every autoencoder transform.
     Relative asset paths resolve against `base_dir` (the run folder of a saved config; default
-    the working directory). Anything invalid is a UserError naming the field and what is allowed.
+    the working directory), and must then lie inside it. A command or URL data source of `saved`
+    (withheld by `saved_run_config`) must be given again. Anything invalid is a UserError naming
+    the field and what is allowed.
     """
     given = {key: value for key, value in (flags or {}).items() if value is not None}
     if all(key in given for key in BUDGET_FLAGS):
@@ -205,6 +230,7 @@ def resolve_train_config(
     autoencoder = raw.get("process", {}).pop("autoencoder", None)
     if autoencoder is not None:
         set_autoencoder(raw, str(autoencoder))
+    refuse_withheld_source(raw)
     try:
         data = DataConfig.model_validate(raw.get("data", {}))
     except ValidationError as exc:
@@ -271,39 +297,6 @@ def bundle_run_assets(cfg: TrainConfig, folder: Path) -> TrainConfig:
         raw["process"]["latent"] = bundled.pop()
     raw["process"]["transforms"] = bundled
     return TrainConfig.model_validate(raw, context={"base_dir": folder})
-
-
-def saved_run_config(run_dir: Path) -> dict[str, Any] | None:
-    """The config `run_dir` was trained with, when it holds a run to resume (else None)."""
-    path = run_dir / ckpt.CONFIG_FILE
-    if not path.is_file() or ckpt.latest_checkpoint(run_dir) is None:
-        return None
-    return read_config_file(path)
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A YAML (or JSON) mapping from `path`; UserError naming the file otherwise."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {first}"
-        ) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(
-            f"config file {path} must hold a mapping (sections process, model, "
-            f"data, optim, train, sample), got {type(data).__name__}"
-        )
-    return data
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -5,9 +5,10 @@ image brought to ``--resolution`` once, lossless) or ``KKKKKKKK.<ext>`` (the ori
 ``--keep-original``); ``manifest.json`` gives the count, resolution, channels and each shard's
 name, count and SHA-256. Tar members carry no time stamps, so packing twice writes the same bytes.
 
-Every shard is written to a temporary file and renamed when complete, and the manifest last: an
-interrupted pack leaves no manifest (``fdm train --data DIR`` refuses the folder) and a folder
-that already holds files is refused unless ``--overwrite``.
+Every shard is written to a temporary file (created exclusively, ``fdm_core.atomic_write``) and
+renamed when complete, and the manifest last: an interrupted pack leaves no manifest (``fdm train
+--data DIR`` refuses the folder) and a folder that already holds files is refused unless
+``--overwrite``, which also removes the temporary files a killed pack left behind.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +25,8 @@ import typer
 
 from .errors import CommandGroup, UserError, cli_errors
 
-# data.py, shards.py and PIL load torch and numpy: imported where used, so that `fdm --help`
-# stays fast.
+# data.py, shards.py, fdm_core and PIL load torch and numpy: imported where used, so that
+# `fdm --help` stays fast.
 
 data_app = typer.Typer(
     cls=CommandGroup, no_args_is_help=True, help="Prepare training data (WebDataset shards)."
@@ -62,22 +62,28 @@ def _samples(
 
 
 def _write_shard(path: Path, members: list[tuple[str, bytes]]) -> str:
-    """Write one tar atomically; returns its SHA-256."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for name, data in members:
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mode = len(data), 0o644
-                    tar.addfile(info, io.BytesIO(data))
-            f.flush()
-            os.fsync(f.fileno())
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return digest
+    """Write one tar atomically (an exclusive temporary file, renamed); returns its SHA-256."""
+    from fdm_core import atomic_write
+
+    digest = hashlib.sha256()
+    with atomic_write(path, "w+b") as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        f.seek(0)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Remove the temporary files of a killed pack into `out` (``.shard-*.tmp``,
+    ``.manifest.json.*.tmp``): they are never renamed into place."""
+    for pattern in (".shard-*.tmp", f".{MANIFEST}.*tmp"):
+        for stale in out.glob(pattern):
+            stale.unlink(missing_ok=True)
 
 
 def pack_folder(
@@ -128,9 +134,10 @@ def pack_folder(
         "pattern": f"shard-{{000000..{last:06d}}}.tar",
         "shards": shards,
     }
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    from fdm_core import atomic_write
+
+    with atomic_write(out / MANIFEST, "w") as handle:
+        handle.write(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -166,10 +173,17 @@ def pack(
         raise UserError(f"{folder} is not a folder of images")
     from .outputs import check_outputs
 
-    empty = not out.exists() or (out.is_dir() and not any(out.iterdir()))
-    check_outputs([out], overwrite or empty, [folder])
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder for the shards")
+    if out.exists() and out.resolve() == folder.resolve():
+        raise UserError(f"--out {out} is the image folder itself: choose another --out")
+    empty = not out.exists() or not any(out.iterdir())
+    if not (overwrite or empty):
+        raise UserError(f"{out} already exists and holds files: pass --overwrite to replace them")
+    check_outputs([out / MANIFEST], True, [folder])  # a writable folder, not one of the inputs
     if not empty:
         (out / MANIFEST).unlink(missing_ok=True)  # the old shards are no longer a data set
+        remove_stale_temporaries(out)
     manifest = pack_folder(folder, out, shard_size, resolution, channels, fit, strict)
     written = {s["name"] for s in manifest["shards"]}
     for old in out.glob("shard-*.tar"):  # shards of the replaced pack beyond the new ones

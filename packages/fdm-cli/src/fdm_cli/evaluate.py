@@ -33,10 +33,11 @@ import torch
 import yaml
 from rich.console import Console
 
-from fdm_core import SamplerConfig, atomic_write
+from fdm_core import SamplerConfig, atomic_write, steps_per_stage
 
 from . import checkpointing as ckpt
 from . import fid
+from .configfile import is_command_or_url, load_config
 from .data import EMBEDDED, Fit, _locate, load_dataset
 from .errors import UserError
 from .metrics import precision_recall
@@ -44,22 +45,26 @@ from .seeding import check_seeds
 from .threads import ThreadTuner, configure_threads
 
 DEFAULT_REAL_NUM = 2000
+MIN_NUM = 4  # precision/recall's k = 3 nearest neighbours need k + 1 images (FID needs 2)
 REAL_RESOLUTION = 32
 
 
 def training_data(model_path: Path) -> tuple[str | None, Fit]:
-    """(data source, fit) the model at `model_path` was trained on; source None if unknown."""
-    config: dict[str, Any] = {}
+    """(data source, fit) the model at `model_path` was trained on; source None if unknown or
+    a command or URL (a run or model folder never chooses what eval runs or downloads). A config
+    file over the limits of `fdm_cli.configfile` is a UserError naming it."""
+    config: Any = {}
     try:
         if model_path.is_dir() and (model_path / "config.json").is_file():  # MODEL_DIR
-            fdm = json.loads((model_path / "config.json").read_text()).get("fdm", {})
-            return fdm.get("data"), "auto"
+            document = load_config(model_path / "config.json")
+            fdm = document.get("fdm") if isinstance(document, dict) else None
+            return _local_source(fdm.get("data") if isinstance(fdm, dict) else None), "auto"
         run_dir = model_path
         if model_path.is_file():
             parent = model_path.parent
             run_dir = parent.parent if parent.name == ckpt.CHECKPOINTS else parent
         if (run_dir / ckpt.CONFIG_FILE).is_file():
-            config = yaml.safe_load((run_dir / ckpt.CONFIG_FILE).read_text()) or {}
+            config = load_config(run_dir / ckpt.CONFIG_FILE) or {}
         elif model_path.is_file():
             from safetensors import safe_open
 
@@ -69,8 +74,14 @@ def training_data(model_path: Path) -> tuple[str | None, Fit]:
                 config = json.loads((handle.metadata() or {}).get(CONFIG_KEY, "{}"))
     except (OSError, ValueError, yaml.YAMLError):
         return None, "auto"
-    data = config.get("data") or {}
-    return data.get("source", EMBEDDED if config else None), data.get("fit", "auto")
+    data = config.get("data") if isinstance(config, dict) else None
+    data = data if isinstance(data, dict) else {}
+    return _local_source(data.get("source", EMBEDDED if config else None)), data.get("fit", "auto")
+
+
+def _local_source(source: object) -> str | None:
+    """`source` when it names local data, else None (not a string, a command or a URL)."""
+    return source if isinstance(source, str) and not is_command_or_url(source) else None
 
 
 def _model_crop(
@@ -131,7 +142,8 @@ def evaluate_model(
     (default: adapted to the load while sampling, `fdm_cli.threads`)."""
     from .sample import load_model
 
-    _check_positive(num=num, steps=steps, batch_size=batch_size)
+    _check_num(num)
+    _check_positive(steps=steps, batch_size=batch_size)
     config = SamplerConfig(steps=steps, eta=eta)
     network = fid.load_fid_network() if network is None else network  # fail before sampling
     model_path = Path(model_path)
@@ -160,10 +172,13 @@ def evaluate_model(
     sample_s = time.perf_counter() - t0
     feats = fid.fid_features(x, network, batch_size, crop, progress)
     stats = fid.FeatureStats.from_features(feats)
+    per_stage = steps_per_stage(loaded.process, config)  # >= 1 each: may exceed --steps (E28)
     return {
         **scores(ref_stats, stats),
         "num": num,
-        "steps": steps,
+        "steps": sum(per_stage),  # the steps that ran, not only the ones asked for
+        "steps_requested": steps,
+        "steps_per_stage": per_stage,
         "eta": eta,
         "seed": seed,
         "ref": ref,
@@ -194,7 +209,8 @@ def evaluate_real(
     """FID and KID between `num` images of two real sources (disjoint when they hold the same
     images, see the module docstring): the floor a model's score at that `num` can reach.
     `threads` pins the CPU thread count (default: torch's)."""
-    _check_positive(num=num, batch_size=batch_size)
+    _check_num(num)
+    _check_positive(batch_size=batch_size)
     configure_threads(threads, tune=False)  # feature extraction only: nothing to adapt
     network = fid.load_fid_network() if network is None else network
     network.to(device)
@@ -256,6 +272,14 @@ def scores(real: fid.FeatureStats, fake: fid.FeatureStats) -> dict[str, float]:
     }
 
 
+def _check_num(num: int) -> None:
+    if num < MIN_NUM:
+        raise UserError(
+            f"--num {num}: must be at least {MIN_NUM} (precision and recall compare each image "
+            f"with its 3 nearest neighbours); FID needs thousands for a stable score"
+        )
+
+
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if value <= 0:
@@ -269,13 +293,20 @@ def write_metrics(metrics: dict[str, Any], out: Path) -> None:
         handle.write("\n")
 
 
+def steps_text(metrics: dict[str, Any]) -> str:
+    """The sampler steps that ran, and when --steps asked for fewer (under one per stage)."""
+    asked = metrics.get("steps_requested", metrics["steps"])
+    raised = f" (--steps {asked} is under one per stage)" if asked != metrics["steps"] else ""
+    return f"{metrics['steps']} steps{raised}"
+
+
 def summary(metrics: dict[str, Any]) -> str:
     """One line: FID, KID +- std, precision, recall, N and what was compared."""
     what = (
         f"{metrics['real'][0]} {metrics['ranges'][0]} vs {metrics['real'][1]} "
         f"{metrics['ranges'][1]}"
         if "real" in metrics
-        else f"{metrics['model_description']} ({metrics['steps']} steps, eta {metrics['eta']:g}, "
+        else f"{metrics['model_description']} ({steps_text(metrics)}, eta {metrics['eta']:g}, "
         f"{metrics['sample_s_per_image']:.3f} s/image) vs {metrics['ref']} {metrics['ref_split']}"
     )
     return (
@@ -306,6 +337,8 @@ def command(
     from .distributed import resolve_device
     from .outputs import check_outputs, model_inputs
 
+    if num is not None:
+        _check_num(num)  # before anything is loaded; without --num, --real scores 2000
     check_outputs([out], overwrite, model_inputs(model) if model is not None else [])
     dev = resolve_device(device)
 
@@ -315,7 +348,7 @@ def command(
         metrics = evaluate_real(
             real[0],
             real[1],
-            num or DEFAULT_REAL_NUM,
+            DEFAULT_REAL_NUM if num is None else num,
             ref_split,
             batch_size,
             dev,

@@ -26,7 +26,9 @@ subset_size: every subset then holds all n features).
 Reference statistics (mu, sigma and the features) are cached as safetensors with their key as
 JSON metadata in ``$FDM_CACHE_DIR/fid`` (default ``~/.cache/fdm/fid``), keyed by source, split,
 resolution, channels, fit, crop, range of images, a digest of the images themselves and the
-network file's sha256; a cache hit returns bit-identical arrays.
+network file's sha256; a cache hit returns bit-identical arrays. A cache file is checked on read
+(`fdm_cli.statscache`: its digest, its key, mu and sigma against its features): a damaged or
+edited one is computed again, with one warning saying so.
 """
 
 from __future__ import annotations
@@ -54,14 +56,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from fdm_core import CheckpointError, load_tensors, save_tensors
-
 from .data import EMBEDDED, Fit, fit_mode, list_images, load_dataset, open_image
 from .errors import UserError
 from .metrics import FeatureStats
 from .metrics import frechet_distance as frechet_distance  # re-exported for the bench scripts
 from .metrics import kernel_inception_distance as kernel_inception_distance
 from .metrics import trace_sqrt_product as trace_sqrt_product
+from .statscache import read_stats, write_stats
 
 NETWORK_ENV = "FDM_FID_NETWORK"
 CACHE_ENV = "FDM_CACHE_DIR"
@@ -383,31 +384,10 @@ def reference_stats(
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = path / f"{name}.safetensors"
-    cached = _read_cache(path, key)
+    cached = read_stats(path, key)
     if cached is not None:
         return cached
     network = load_fid_network(str(file)) if network is None else network
     stats = FeatureStats.from_features(fid_features(images, network, batch_size, crop, progress))
-    tensors = {
-        "mu": torch.from_numpy(stats.mu),
-        "sigma": torch.from_numpy(stats.sigma),
-        "features": torch.from_numpy(np.ascontiguousarray(stats.features)),
-    }
-    try:
-        save_tensors(path, tensors, config=key)
-    except OSError:  # a read-only cache is no reason to fail the evaluation
-        pass
+    write_stats(path, stats, key)
     return stats
-
-
-def _read_cache(path: Path, key: dict) -> FeatureStats | None:
-    if not path.is_file():
-        return None
-    try:
-        tensors, saved = load_tensors(path)
-    except CheckpointError:
-        return None  # corrupt: computed again and overwritten
-    if saved != key or not {"mu", "sigma", "features"} <= set(tensors):
-        return None
-    features = tensors["features"].numpy()
-    return FeatureStats(tensors["mu"].numpy(), tensors["sigma"].numpy(), features, len(features))

@@ -45,6 +45,7 @@ def check_outputs(
                 f"{target} is one of this command's inputs: choose another {flag} "
                 "(outputs never replace inputs, even with --overwrite)"
             )
+    check_writable(targets, flag)
     if overwrite:
         return
     existing = [t for t in targets if os.path.lexists(t)]
@@ -56,13 +57,41 @@ def check_outputs(
         )
 
 
+def check_writable(targets: Iterable[Path], flag: str = "--out") -> None:
+    """Refuse (UserError) an output file that cannot be written, before any work: a path that
+    is a folder, a parent path through a file, or a folder this user may not write in (a
+    missing folder is created when written, so its nearest existing ancestor is checked)."""
+    checked: set[Path] = set()
+    for target in targets:
+        if target.is_dir():
+            raise UserError(
+                f"cannot write {target}: it is a folder; give a file name, or choose another {flag}"
+            )
+        folder = target.parent
+        if folder in checked:
+            continue
+        checked.add(folder)
+        existing = folder
+        while not os.path.lexists(existing) and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UserError(
+                f"cannot write {target}: {existing} is a file, not a folder; choose another {flag}"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(
+                f"cannot write {target}: the folder {existing} is not writable (permission "
+                f"denied or a read-only file system); choose another {flag}"
+            )
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     """A new run writes into a missing or empty RUN_DIR. One that holds files needs --resume
     (it has a checkpoint; the training commands say so) or --overwrite (then its old checkpoints
     are deleted, so they can never be mixed with the new run's; other files are replaced as the
     new run writes them)."""
-    if resume or not run_dir.is_dir() or not any(run_dir.iterdir()):
-        return
+    if resume or not run_dir.is_dir() or all(p.name == ckpt.LOCK for p in run_dir.iterdir()):
+        return  # a folder holding only the lock (`fdm_cli.runlock`) is empty
     if overwrite:
         shutil.rmtree(run_dir / ckpt.CHECKPOINTS, ignore_errors=True)  # DDP: every rank may
         return

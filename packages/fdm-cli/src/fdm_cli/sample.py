@@ -21,7 +21,15 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from fdm_core import FDMProcess, ProcessConfig, SamplerConfig, StageNoise, Start, sample
+from fdm_core import (
+    FDMProcess,
+    ProcessConfig,
+    SamplerConfig,
+    StageNoise,
+    Start,
+    sample,
+    steps_per_stage,
+)
 from fdm_models import MultiStageUNet, UNetConfig, from_pretrained, load_pretrained_config
 
 from . import checkpointing as ckpt
@@ -140,6 +148,19 @@ def sampler_config(steps: int, sampler: str, eta: float | None) -> SamplerConfig
     if sampler == "ddpm" and eta not in (None, 1.0):
         raise UserError(f"--sampler ddpm means eta = 1; for eta = {eta} use --sampler ddim")
     return SamplerConfig(steps=steps, eta=1.0 if sampler == "ddpm" else (eta or 0.0))
+
+
+def steps_note(process: FDMProcess, config: SamplerConfig) -> str:
+    """What the sampler runs when it is not `config.steps`, else "": every stage takes at least
+    one step (docs/design.md §7.2 (E28)), so --steps under the number of stages runs one step
+    per stage (``--steps 1`` on 3 stages runs 3)."""
+    per_stage = steps_per_stage(process, config)
+    if config.steps_per_stage is not None or sum(per_stage) == config.steps:
+        return ""
+    return (
+        f" with {sum(per_stage)} sampler steps, one per stage (--steps {config.steps} is fewer "
+        f"than the model's {len(per_stage)} stages)"
+    )
 
 
 def parse_stage_seeds(text: str | None, num_stages: int) -> dict[int, int]:

@@ -15,18 +15,25 @@ samples consumed before are skipped without decoding (whole epochs are skipped b
 manifest gives the shard sizes), so a resumed run sees the same samples as an uninterrupted one
 with the same number of ranks.
 
-An image that does not decode is replaced by the first decodable image after it in the stream
-(a look-ahead, so a resumed stream makes the same choice), with one warning per image; with
-``strict`` (``--strict``) it stops the run with a one-line error instead.
+An image that does not decode, and a sample that holds no image (only a ``.json``, say), is
+replaced by the first decodable image after it in the stream (a look-ahead, so a resumed stream
+makes the same choice), with one warning per sample; with ``strict`` (``--strict``) it stops the
+run with a one-line error instead.
+
+Shards may come from anyone (`fdm_cli.tarsafe`): only the image members of a sample are read,
+each at most ``$FDM_TAR_MEMBER_MB`` MiB, decompression bombs are refused, and a brace pattern is
+counted before it is expanded. A manifest's shard names stay inside its folder (no absolute
+path, no ``..``) unless ``FDM_MANIFEST_OUTSIDE=1``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import random
 import re
-import tarfile
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,11 +45,13 @@ from .data import Fit, image_channels, open_image, prepare_image
 from .data_cmd import MANIFEST
 from .errors import UserError
 from .seeding import DATA_FLIP, DATA_ORDER, derive_seed
+from .tarsafe import expand_pattern, tar_samples
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 SHUFFLE_BUFFER = 256
 MAX_LOOKAHEAD = 1024  # undecodable samples in a row before the stream gives up
 EXTRA_HINT = "pip install 'fdm-cli[webdataset]'"
+OUTSIDE_ENV = "FDM_MANIFEST_OUTSIDE"  # 1: a manifest may name shards outside its folder
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +88,30 @@ def read_manifest(folder: Path) -> dict | None:
         manifest["shards"] = [
             dict(s, name=str(s["name"]), count=int(s["count"])) for s in manifest["shards"]
         ]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"cannot read the shard manifest {path}: {exc}") from None
+    if not manifest["shards"]:
+        raise UserError(f"the shard manifest {path} lists no shards (pack the folder again)")
+    if os.environ.get(OUTSIDE_ENV, "") in ("", "0"):
+        for shard in manifest["shards"]:
+            name = Path(shard["name"])
+            if name.is_absolute() or ".." in name.parts or not name.parts:
+                raise UserError(
+                    f"the shard manifest {path} names {shard['name']!r}, outside its folder; "
+                    f"shards must lie in the manifest's folder ({OUTSIDE_ENV}=1 allows more)"
+                )
     return manifest
+
+
+def _expand(source: str) -> list[str]:
+    """The names of brace pattern `source`, counted before they are expanded (`tarsafe`);
+    ``${VAR}`` is WebDataset's ``$WDS_VAR``, as in its own expansion."""
+    envsubst = _webdataset().shardlists.envsubst
+    for _ in range(10):
+        source, last = envsubst(source), source
+        if source == last:
+            break
+    return expand_pattern(source)
 
 
 def expand_shards(source: str) -> tuple[list[str], dict[str, int]]:
@@ -91,7 +121,9 @@ def expand_shards(source: str) -> tuple[list[str], dict[str, int]]:
     if not _is_url(source) and (manifest := read_manifest(folder)) is not None:
         urls = [str(folder / s["name"]) for s in manifest["shards"]]
     else:
-        urls = list(_webdataset().shardlists.expand_urls(source))
+        urls = _expand(source)
+    if not urls:
+        raise UserError(f"{source!r} names no shard")
     if _is_url(source):
         return urls, {}
     missing = [u for u in urls if not Path(u).expanduser().is_file()]
@@ -121,25 +153,30 @@ def rank_shards(urls: list[str], seed: int, epoch: int, rank: int, world_size: i
 
 
 def _samples(url: str) -> Iterator[dict]:
-    """The samples (dicts of file bytes by extension, ``__key__``) of one shard."""
+    """The samples of one shard: dicts of ``__key__``, ``__url__`` and each member's extension
+    (the bytes of its image members, None for the others, which are never read)."""
     wds = _webdataset()
     try:
         stream = wds.gopen(url)
-        files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}])
-        yield from wds.tariterators.group_by_keys(files)
-    except (OSError, tarfile.TarError, ValueError, EOFError) as exc:
+    except (OSError, ValueError) as exc:
         first = exc.args[0] if exc.args else exc.__class__.__name__
         raise UserError(f"cannot read shard {url}: {first}") from None
+    try:
+        yield from tar_samples(stream, url, frozenset(IMAGE_KEYS))
+    finally:
+        # a pipe: command stopped early exits with an error status: reading has said all
+        with contextlib.suppress(OSError, ValueError):
+            stream.close()
 
 
-def _image(sample: dict) -> tuple[bytes, str]:
+def _image(sample: dict) -> tuple[bytes | None, str]:
+    """The sample's image bytes and its label; None (with the sample's label) for a sample
+    that holds no image, which is replaced like an image that does not decode."""
     for key in IMAGE_KEYS:
-        if key in sample:
+        if sample.get(key) is not None:
             return sample[key], f"{sample.get('__url__')}:{sample['__key__']}.{key}"
-    raise UserError(
-        f"shard {sample.get('__url__')}: sample {sample['__key__']!r} holds no image "
-        f"({', '.join(IMAGE_KEYS)}); it has {', '.join(k for k in sample if k[:2] != '__')}"
-    )
+    held = ", ".join(k for k in sample if k[:2] != "__")
+    return None, f"{sample.get('__url__')}:{sample['__key__']} (holds {held}, no image)"
 
 
 def shard_channels(source: str) -> int:
@@ -150,8 +187,9 @@ def shard_channels(source: str) -> int:
         return int(manifest["channels"])
     for sample in _samples(urls[0]):
         data, label = _image(sample)
-        return image_channels(open_image(data, decode=False, label=label))
-    raise UserError(f"shard {urls[0]} holds no samples")
+        if data is not None:
+            return image_channels(open_image(data, decode=False, label=label))
+    raise UserError(f"shard {urls[0]} holds no image ({', '.join(IMAGE_KEYS)})")
 
 
 class ShardStream:
@@ -174,8 +212,8 @@ class ShardStream:
         self.strict = strict
         self.urls, self.counts = expand_shards(source)
         rank_shards(self.urls, seed, 0, rank, world_size)  # refuse too few shards now
-        self._it: Iterator[tuple[bytes, str, bool]] | None = None
-        self._ahead: deque[tuple[bytes, str, bool]] = deque()  # read from _it, not yet used
+        self._it: Iterator[tuple[bytes | None, str, bool]] | None = None
+        self._ahead: deque[tuple[bytes | None, str, bool]] = deque()  # read from _it, not yet used
         self._warned: set[str] = set()
         self._consumed = 0
 
@@ -189,13 +227,13 @@ class ShardStream:
             sum(self.counts[u] for u in shards) if all(u in self.counts for u in shards) else None
         )
 
-    def _epoch(self, epoch: int) -> Iterator[tuple[bytes, str, bool]]:
+    def _epoch(self, epoch: int) -> Iterator[tuple[bytes | None, str, bool]]:
         """(image bytes, label, flip) of this rank's samples in `epoch`, through the buffer."""
         rng = random.Random(derive_seed(self.seed, DATA_ORDER, epoch, self.rank))
         coins = torch.Generator().manual_seed(derive_seed(self.seed, DATA_FLIP, epoch, self.rank))
-        buffer: list[tuple[bytes, str]] = []
+        buffer: list[tuple[bytes | None, str]] = []
 
-        def out(item: tuple[bytes, str]) -> tuple[bytes, str, bool]:
+        def out(item: tuple[bytes | None, str]) -> tuple[bytes | None, str, bool]:
             flip = bool(torch.rand(1, generator=coins) < 0.5) and self.hflip
             return (*item, flip)
 
@@ -211,7 +249,7 @@ class ShardStream:
         rng.shuffle(buffer)
         yield from map(out, buffer)
 
-    def _stream(self, skip: int) -> Iterator[tuple[bytes, str, bool]]:
+    def _stream(self, skip: int) -> Iterator[tuple[bytes | None, str, bool]]:
         """The rank's samples from number `skip` on (earlier ones read, never decoded)."""
         epoch = 0
         while (length := self._epoch_length(epoch)) is not None and 0 < length <= skip:
@@ -243,9 +281,12 @@ class ShardStream:
         self._consumed = local_position + count
         return torch.stack(rows).float().div_(127.5).sub_(1.0)
 
-    def _decode(self, data: bytes, label: str) -> torch.Tensor | None:
-        """The training image, or None (warned once per image) when it does not decode."""
+    def _decode(self, data: bytes | None, label: str) -> torch.Tensor | None:
+        """The training image, or None (warned once per image) when it does not decode or
+        the sample holds none (`data` None)."""
         try:
+            if data is None:
+                raise UserError(f"shard sample {label}")
             return prepare_image(data, self.resolution, self.channels, self.fit, label)
         except UserError as exc:
             if self.strict:

@@ -45,6 +45,7 @@ from .config import TrainConfig, TrainOptions, bundle_run_assets
 from .nonfinite import NonfiniteGuard, diverged
 from .progress import TrainProgress, graceful_stop
 from .run import Run, setup
+from .runlock import locked_run_dir
 from .steptime import StepTimer, format_shares
 from .stepwindow import StepWindow
 
@@ -149,16 +150,20 @@ def run_training(
     console: Console | None = None,
     show_progress: bool = True,
     should_stop: Callable[[int], bool] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train `cfg` into `run_dir` (see the module docstring). `should_stop(step)` -> True stops
-    after that step as an interruption would (checkpoint written, no final samples)."""
+    after that step as an interruption would (checkpoint written, no final samples). The run
+    holds `run_dir`'s lock throughout (one process per run folder, `fdm_cli.runlock`, which also
+    applies the empty / --resume / --overwrite rules of `fdm_cli.outputs.prepare_run_dir`)."""
     t_wall = time.monotonic()
     console = console or Console(highlight=False, soft_wrap=True)
     ctx = dist_.init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     if ctx.device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal gradients can slow CPU kernels several-fold
     try:
-        return _train(cfg, run_dir, resume, console, show_progress, should_stop, ctx, t_wall)
+        with locked_run_dir(run_dir, overwrite, resume, ctx):  # before anything is written
+            return _train(cfg, run_dir, resume, console, show_progress, should_stop, ctx, t_wall)
     finally:
         if ctx.device.type == "cpu":
             torch.set_flush_denormal(False)  # torch's default, for whoever called us

@@ -52,8 +52,8 @@ from .errors import UserError
 from .images import atomic_write_bytes, make_grid, save_png
 from .losslog import AutoencoderLossLog
 from .nonfinite import NonfiniteGuard, diverged
-from .outputs import prepare_run_dir
 from .progress import TrainProgress, graceful_stop
+from .runlock import locked_run_dir
 from .seeding import MODEL_INIT, TRAIN_STEP, derive_seed
 from .threads import configure_threads
 from .train import budget_spent, learning_rate
@@ -154,16 +154,19 @@ def run_autoencoder_training(
     console: Console | None = None,
     show_progress: bool = True,
     should_stop: Callable[[int], bool] | None = None,
+    overwrite: bool = False,
 ) -> AutoencoderResult:
     """Train `cfg` into `run_dir` (see the module docstring). `should_stop(step)` -> True stops
-    after that step as an interruption would (checkpoint written, no final model)."""
+    after that step as an interruption would (checkpoint written, no final model). Holds the
+    run folder's lock throughout (`fdm_cli.runlock.locked_run_dir`, as `fdm train` does)."""
     t_wall = time.monotonic()
     console = console or Console(highlight=False, soft_wrap=True)
     device = resolve_device(cfg.train.device)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal gradients can slow CPU kernels several-fold
     try:
-        return _train(cfg, run_dir, resume, console, show_progress, should_stop, device, t_wall)
+        with locked_run_dir(run_dir, overwrite, resume):  # before anything is written
+            return _train(cfg, run_dir, resume, console, show_progress, should_stop, device, t_wall)
     finally:
         if device.type == "cpu":
             torch.set_flush_denormal(False)
@@ -380,7 +383,7 @@ def command(
 ) -> AutoencoderResult | None:
     """`fdm train-autoencoder`: resolve the config (a resumed run's own config is the base),
     then print it (--dry-run) or train. Returns the result (None for --dry-run)."""
-    from .config import saved_run_config
+    from .configfile import saved_run_config
 
     run_dir = out or DEFAULT_RUN_DIR
     saved = saved_run_config(run_dir) if resume else None
@@ -389,5 +392,4 @@ def command(
     if dry_run:
         print_dry_run(cfg, run_dir, console)
         return None
-    prepare_run_dir(run_dir, overwrite, resume)
-    return run_autoencoder_training(cfg, run_dir, resume, console, show_progress)
+    return run_autoencoder_training(cfg, run_dir, resume, console, show_progress, None, overwrite)

@@ -1,7 +1,7 @@
 """fdm-core: the f-DM multi-stage diffusion process (Gu et al., ICLR 2023). See docs/design.md
 §1."""
 
-from .assets import AssetError, AssetPath, bundle_assets, content_digest
+from .assets import AssetError, AssetPath, bundle_assets, content_digest, inside_folder
 from .checkpoint import (
     CheckpointError,
     atomic_write,
@@ -76,6 +76,7 @@ __all__ = [
     "draw_noise",
     "get_registry",
     "hookimpl",
+    "inside_folder",
     "load_registry",
     "load_state",
     "load_tensors",

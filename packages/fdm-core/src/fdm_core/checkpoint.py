@@ -73,7 +73,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.strerror and exc.filename in (None, tmp):
+        if isinstance(exc, OSError) and exc.strerror and _names_temporary(exc.filename, path):
             exc.filename = str(path)  # name the file being written, not its temporary
         raise
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
@@ -82,6 +82,13 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _names_temporary(filename: object, path: Path) -> bool:
+    """An error's file name is none, or one of `atomic_write`'s temporaries for `path` (also
+    one that mkstemp failed to create: a read-only folder)."""
+    name = os.path.basename(os.fsdecode(filename)) if isinstance(filename, str | bytes) else ""
+    return filename is None or (name.startswith(f".{path.name}.") and name.endswith(".tmp"))
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:

@@ -35,7 +35,6 @@ Latent normalisation
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -50,7 +49,7 @@ from torch import nn
 
 from .attention import AttentionBackend
 from .autoencoder_blocks import Decoder, Encoder, VectorQuantizer
-from .pretrained import CONFIG_NAME, load_weights, read_model_config, write_model_dir
+from .pretrained import CONFIG_NAME, load_weights, read_json, read_model_config, write_model_dir
 
 AUTOENCODER_KEY = "autoencoder"
 CLASS_NAME = "Autoencoder"
@@ -326,9 +325,8 @@ def load_autoencoder(
 
 def is_autoencoder_dir(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a directory whose ``config.json`` names the class ``Autoencoder``."""
-    config = Path(path) / CONFIG_NAME
     try:
-        document: Any = json.loads(config.read_text())
+        document: Any = read_json(path, CONFIG_NAME)
     except (OSError, ValueError):
         return False
     return isinstance(document, dict) and document.get("_class_name") == CLASS_NAME

@@ -3,7 +3,8 @@
 A directory holds ``config.json`` ({"unet": <UNetConfig>, plus any extra keys the caller stores,
 e.g. the f-DM process config}) and ``model.safetensors``. Both are written atomically (temporary
 file, fsync, ``os.replace``). Loading validates the config and checks the weights against it;
-pickle / ``torch.load`` are never used (docs/design.md §11.2).
+pickle / ``torch.load`` are never used (docs/design.md §11.2), and a file that leads outside
+the directory (a symbolic link out of it) is refused (`own_file`).
 
 The helpers `write_model_dir`, `read_model_config` and `load_weights` are shared with
 :mod:`fdm_models.autoencoder`, whose directories have the same layout under the key
@@ -24,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
-from fdm_core import atomic_write, verify_digest, with_digest
+from fdm_core import atomic_write, inside_folder, verify_digest, with_digest
 
 from .config import UNetConfig
 from .unet import MultiStageUNet
@@ -32,6 +33,7 @@ from .unet import MultiStageUNet
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 UNET_KEY = "unet"
+MAX_CONFIG_BYTES = 16 << 20  # a config.json is a few kB; a larger one is refused unread
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
@@ -107,10 +109,29 @@ def read_model_config(directory: str | os.PathLike[str], key: str, writer: str) 
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: not a {writer} directory")
-    config = json.loads(path.read_text())
+    config = read_json(directory, CONFIG_NAME)
     if not isinstance(config, dict) or key not in config:
         raise ValueError(f"{path} has no {key!r} entry")
     return config
+
+
+def read_json(directory: str | os.PathLike[str], name: str) -> Any:
+    """The JSON document ``directory/name`` (inside the directory: `own_file`; at most
+    MAX_CONFIG_BYTES, refused unread beyond). OSError or ValueError when it cannot be read."""
+    with open(own_file(directory, name), "rb") as handle:
+        text = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"{Path(directory) / name} is over {MAX_CONFIG_BYTES >> 20} MiB: not a model config"
+        )
+    return json.loads(text)
+
+
+def own_file(directory: str | os.PathLike[str], name: str) -> Path:
+    """``directory/name`` with links resolved; a ValueError (`fdm_core.AssetError`) when it
+    leads outside `directory`: a model folder, which may come from anywhere, never makes fdm
+    read a file outside itself."""
+    return inside_folder(Path(directory) / name, directory)
 
 
 def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -163,6 +184,7 @@ def load_weights(
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} does not exist")
+    own_file(directory, WEIGHTS_NAME)
     shapes = weight_shapes(weights)
     with torch.device("meta"):
         check_weights(build(), shapes, weights, what)

@@ -9,10 +9,12 @@ docs/design.md §10.5) is either
 - an fdm autoencoder folder written by ``fdm train-autoencoder`` (``DIR/model``, or ``DIR``
   itself when it holds ``model/``): normalisation shift and scale are stored with its weights; or
 - a diffusers ``AutoencoderKL``, ``AutoencoderTiny`` or ``VQModel`` folder (``save_pretrained``
-  layout, loaded from disk only, never the network; needs ``pip install
-  'fdm-transforms[diffusers]'``): the latent is ``(mean - shift_factor) * scaling_factor`` from
-  its config (``shift_factor`` 0 when absent); a VQModel encodes to its pre-quantisation latent
-  and quantises when decoding.
+  layout, loaded from disk only, never the network, and from safetensors weights only, never a
+  pickled ``.bin``; needs ``pip install 'fdm-transforms[diffusers]'``): the latent is
+  ``(mean - shift_factor) * scaling_factor`` from its config (``shift_factor`` 0 when absent);
+  a VQModel encodes to its pre-quantisation latent and quantises when decoding.
+
+No file outside the folder is read: one that leads out of it (a symbolic link) is refused.
 
 The network is frozen (eval mode, no parameter gradients) but encode and decode stay
 differentiable in their input, keep dtype and device (a copy of the network is kept per device
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fdm_core import AssetPath, Boundary, Shape, SignalTransform, TransformParams
+from fdm_core import (
+    AssetPath,
+    Boundary,
+    Shape,
+    SignalTransform,
+    TransformParams,
+    inside_folder,
+)
 
 DIFFUSERS_CLASSES = ("AutoencoderKL", "AutoencoderTiny", "VQModel")
 EXTRA_HINT = "pip install 'fdm-transforms[diffusers]'"
@@ -76,7 +84,9 @@ class AutoencoderTransform(SignalTransform):
 
     def __init__(self, **params: object) -> None:
         super().__init__(**params)
-        folder = _model_folder(Path(self.params.path))
+        path = Path(self.params.path)
+        folder = _model_folder(path)
+        inside_folder(folder, path)  # DIR/model: not a link out of DIR
         self.network = _load(str(folder.resolve()), _stamp(folder))
 
     def out_shape(self, shape: Shape) -> Shape:
@@ -162,16 +172,21 @@ def _model_folder(path: Path) -> Path:
 
 def _stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
     """What the cache of loaded networks is keyed on besides the path: each file's size and
-    modification time, so a replaced file is loaded again."""
+    modification time, so a replaced file is loaded again. A file that leads outside `folder`
+    (a symbolic link out of it) is refused: a model folder never makes fdm read another file."""
     files = sorted(p for p in folder.iterdir() if p.is_file())
+    for file in files:
+        inside_folder(file, folder)
     return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
 @functools.lru_cache(maxsize=8)
 def _load(folder: str, stamp: tuple) -> _Network:
     path = Path(folder)
+    from fdm_models.pretrained import read_json
+
     try:
-        class_name = json.loads((path / "config.json").read_text()).get("_class_name")
+        class_name = read_json(path, "config.json").get("_class_name")
     except (OSError, ValueError, AttributeError) as exc:
         raise ValueError(f"{path}/config.json cannot be read as JSON: {exc}") from None
     if class_name in DIFFUSERS_CLASSES:
@@ -211,10 +226,16 @@ def _load_diffusers(path: Path, class_name: str) -> _Network:
         raise ValueError(
             f"{path} is a diffusers {class_name}, which needs the optional extra: {EXTRA_HINT}"
         ) from None
-    try:
-        model = getattr(diffusers, class_name).from_pretrained(path, local_files_only=True)
+    try:  # safetensors only: a .bin file would go through pickle, which can run code
+        model = getattr(diffusers, class_name).from_pretrained(
+            path, local_files_only=True, use_safetensors=True
+        )
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"cannot load the diffusers {class_name} in {path}: {exc}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(
+            f"cannot load the diffusers {class_name} in {path} (only safetensors weights are "
+            f"loaded, never pickled .bin files): {first}"
+        ) from None
     cfg = model.config
     scale = float(getattr(cfg, "scaling_factor", None) or 1.0)
     shift = float(getattr(cfg, "shift_factor", None) or 0.0)
