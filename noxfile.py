@@ -93,13 +93,14 @@ def package(session: nox.Session) -> None:
 
 @nox.session
 def plugin_example(session: nox.Session) -> None:
-    """Install the example plugin examples/fdm-haar (the package docs/plugins.md builds) next to
-    fdm, run its tests, train two steps with its transform and sample, and check that
-    `fdm plugins --json` lists it with its distribution and version."""
+    """Install the example plugin examples/fdm-haar (the package docs/plugins.md builds) and the
+    template a new author copies (examples/fdm-plugin-template) next to fdm, run their tests,
+    train two steps with the haar transform and sample, and check that `fdm plugins --json`
+    lists it with its distribution and version."""
     session.install(*CONSTRAINTS, "torch", "pytest")
     session.install(*CONSTRAINTS, *[a for p in PACKAGES for a in ("-e", f"packages/{p}")])
-    session.install(*CONSTRAINTS, "./examples/fdm-haar")
-    session.run("pytest", "examples/fdm-haar/tests")
+    session.install(*CONSTRAINTS, "./examples/fdm-haar", "./examples/fdm-plugin-template")
+    session.run("pytest", "examples/fdm-haar/tests", "examples/fdm-plugin-template/tests")
     tmp = Path(session.create_tmp()).resolve()
     run = tmp / "haar-run"
     haar = "process.transforms=[{name: haar, levels: 1}, {name: haar, levels: 2}]"

@@ -190,3 +190,40 @@ def test_a_transform_that_raises_on_a_batch_is_reported_with_the_shape():
 
     with pytest.raises(ValueError, match=r"broken\) failed on a batch of shape \(2, 1, 8, 8\)"):
         process_with(Broken)
+
+
+class HalveWrongForBigBatches(Halve):
+    """Right for the contract probe's batches (2 and 4), wrong above them (a batch-size bug)."""
+
+    name = "halve_big"
+
+    def encode(self, x):
+        y = super().encode(x)
+        return y if x.shape[0] <= 4 else y[..., :-1]
+
+
+class HalveNaN(Halve):
+    name = "halve_nan"
+
+    def encode(self, x):
+        y = super().encode(x)
+        return y if x.shape[0] <= 4 else y * float("nan")
+
+
+def test_a_shape_wrong_only_for_the_real_batch_size_names_the_transform():
+    """Catches the process trusting out_shape after the batch-2 probe: the error came as a
+    traceback from the loss, naming neither the transform nor where it comes from."""
+    process = process_with(HalveWrongForBigBatches)
+    assert process.stage_signal(torch.zeros(2, 1, 8, 8), 1).shape == (2, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"transforms\[0\] \(halve_big, from tests 0\)"
+                       r" encoded a batch of 8 to per-sample shape \(1, 4, 3\)"):  # fmt: skip
+        process.stage_signal(torch.zeros(8, 1, 8, 8), 1)
+
+
+def test_non_finite_output_is_blamed_on_the_transform_before_training():
+    """Catches a NaN transform reaching training, where the divergence message blames --lr."""
+    process = process_with(HalveNaN)
+    process.check_stage_signals(torch.zeros(2, 1, 8, 8))  # fine at batch 2
+    with pytest.raises(ValueError, match=r"transforms\[0\] \(halve_nan.*NaN or infinite"):
+        process.check_stage_signals(torch.zeros(8, 1, 8, 8))
+    process.check_stage_signals(torch.full((8, 1, 8, 8), float("nan")))  # bad data: not blamed

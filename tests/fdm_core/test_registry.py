@@ -73,20 +73,34 @@ def test_a_broken_plugin_is_reported_and_skipped(site, caplog):
     assert "fine" in registry.entries["transform"]
     (error,) = registry.errors
     assert error.distribution == "fdmtest-broken" and "needs libfoo" in error.error
-    assert "fdmtest_broken" in caplog.text and "failed to load" in caplog.text
+    assert (
+        error.fix
+        == "pip uninstall fdmtest-broken, or leave it out: FDM_LOAD_PLUGINS='fdmtest-fine'"
+    )
+    assert "fdmtest_broken" in caplog.text and "failed to import" in caplog.text
 
 
-def test_a_duplicate_name_is_rejected_naming_both(site):
+def test_a_builtin_name_taken_by_a_plugin_keeps_the_builtin(site):
+    """Catches a plugin that replaces (or, as before, blocks every command over) a built-in."""
     make_distribution(
         site, "fdmtest-dup", "fdmtest_dup", PLUGIN.format(cls="Dup", name="downsample")
     )
+    registry = load_registry()
+    assert registry.get("transform", "downsample").distribution == "fdm-transforms"
+    (error,) = registry.errors
+    assert error.distribution == "fdmtest-dup" and "the built-in is kept" in error.error
+
+
+def test_a_name_two_plugins_register_refuses_to_build_naming_both(site):
+    for dist in ("fdmtest-one", "fdmtest-two"):
+        module = dist.replace("-", "_")
+        make_distribution(site, dist, module, PLUGIN.format(cls="Twin", name="twin"))
+    registry = load_registry()
     with pytest.raises(
-        PluginError,
-        match="transform 'downsample' is registered twice: "
-        "by 'fdm-transforms' and by 'fdmtest-dup'",
+        PluginError, match="'twin' is registered by 'fdmtest-one' and by 'fdmtest-two'"
     ):
-        load_registry()
-    assert "downsample" in load_registry(load_plugins="").entries["transform"]
+        registry.get("transform", "twin")
+    assert "downsample" in registry.entries["transform"]  # everything else still works
 
 
 def test_an_external_transform_is_usable_in_a_process_config(site, monkeypatch):
@@ -143,7 +157,7 @@ def test_pluggy_rejects_an_invalid_hook_implementation(site, body, message):
 
     loaded = load_registry()  # through the entry point: reported and skipped
     (error,) = loaded.errors
-    assert error.distribution == "fdmtest-bad" and "InvalidPluginError" in error.error
+    assert error.distribution == "fdmtest-bad" and error.error.startswith("is invalid: ")
     assert "downsample" in loaded.entries["transform"]
     assert "fdmtest_bad" not in {module for module, _, _ in loaded.plugins}
 
@@ -193,3 +207,98 @@ def test_a_plugin_author_imports_everything_from_fdm_core():
     from fdm_core.testing import check_transform as check
 
     assert (TransformConformance, check_transform) == (Conformance, check)
+
+
+BROKEN = {
+    "hook-raises": (
+        "from fdm_core import hookimpl\n\n@hookimpl\n"
+        "def fdm_register_transforms(register):\n    raise TypeError('x')\n",
+        "is invalid: TypeError: x",
+    ),
+    "hook-exits": (
+        "import sys\nfrom fdm_core import hookimpl\n\n@hookimpl\n"
+        "def fdm_register_noise_schedules(register):\n    sys.exit(0)\n",
+        "is invalid: SystemExit",
+    ),
+    "import-exits": ("import sys\nsys.exit(0)\n", "failed to import: SystemExit"),
+    "name-not-a-string": (
+        "from fdm_core import hookimpl\n\n@hookimpl\n"
+        "def fdm_register_transforms(register):\n    register(42, object)\n",
+        "register() needs a non-empty string name, got 42",
+    ),
+    "factory-not-callable": (
+        "from fdm_core import hookimpl\n\n@hookimpl\n"
+        "def fdm_register_stage_schedules(register):\n    register('s', 'nope')\n",
+        "register('s', ...) needs a class or callable, got 'nope'",
+    ),
+    "half-registered": (  # the first component must not survive the failing second one
+        "from fdm_core import hookimpl\nfrom fdm_transforms import IdentityTransform\n\n"
+        "@hookimpl\ndef fdm_register_transforms(register):\n"
+        "    register('half', IdentityTransform)\n    register('', IdentityTransform)\n",
+        "needs a non-empty string name",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_plugin_is_skipped_whole_and_reported_with_its_fix(site, case):
+    """Every call into plugin code is guarded, SystemExit included: the plugin is skipped with
+    none of its components, the built-ins load, and the error names the fix. Catches an
+    unguarded hook (a traceback from every command), `except Exception` missing SystemExit (a
+    silent exit 0), an unchecked register() and a half-registered plugin."""
+    body, message = BROKEN[case]
+    make_distribution(site, "fdmtest-broken", "fdmtest_broken", body)
+    registry = load_registry()
+    (error,) = registry.errors
+    assert error.distribution == "fdmtest-broken" and message in error.error, error
+    assert error.fix.startswith("pip uninstall fdmtest-broken")
+    assert "half" not in registry.entries["transform"]
+    assert {"downsample", "blur"} <= set(registry.entries["transform"])
+    assert "cosine" in registry.entries["noise_schedule"]
+
+
+def test_factories_are_guarded_and_type_checked(site):
+    """A factory that raises (not a parameter error) or returns the wrong kind is a PluginError
+    naming the component and distribution, not an AttributeError deep in the process."""
+    make_distribution(
+        site,
+        "fdmtest-odd",
+        "fdmtest_odd",
+        "import sys\nfrom fdm_core import hookimpl\n\n@hookimpl\n"
+        "def fdm_register_noise_schedules(register):\n"
+        "    register('stringy', lambda: 'cosine')\n"
+        "    register('exits', lambda: sys.exit(3))\n",
+    )
+    registry = load_registry()
+    with pytest.raises(
+        PluginError, match=r"'stringy' from fdmtest-odd 1\.2 built a str, not a Noise"
+    ):
+        registry.build("noise_schedule", {"name": "stringy"})
+    with pytest.raises(
+        PluginError, match=r"'exits' from fdmtest-odd 1\.2 failed to build: SystemExit"
+    ):
+        registry.build("noise_schedule", {"name": "exits"})
+    with pytest.raises(ValueError):  # a parameter the factory refuses stays a config error
+        registry.build("transform", {"name": "downsample", "factor": 1})
+
+
+def test_the_default_registry_imports_plugins_only_when_a_name_needs_them(site):
+    """A built-in preset never imports an external plugin (a slow or broken one costs it
+    nothing); an unknown name does, and the import time is recorded for `fdm env`."""
+    from fdm_core import registry as registry_module
+
+    marker = site / "imported"
+    make_distribution(
+        site,
+        "fdmtest-lazy",
+        "fdmtest_lazy",
+        f"open({str(marker)!r}, 'w').close()\n" + PLUGIN.format(cls="Lazy", name="lazy"),
+    )
+    registry_module.reset_registry()
+    try:
+        registry = registry_module.get_registry()
+        assert registry.get("transform", "downsample") and not marker.exists()
+        assert registry.get("transform", "lazy").distribution == "fdmtest-lazy"
+        assert marker.exists() and "fdmtest-lazy:fdmtest_lazy" in registry.import_seconds
+    finally:
+        registry_module.reset_registry()

@@ -1,4 +1,8 @@
-"""What `fdm plugins` and `fdm env` report: registered components and the software stack."""
+"""What `fdm plugins` and `fdm env` report: registered components and the software stack.
+
+Both import every allowed plugin (a run imports them only when it needs one), and print every
+plugin-supplied text (names, distributions, error messages) escaped, never as rich markup.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 KIND_TITLES = {
@@ -26,17 +31,23 @@ def plugin_table() -> dict[str, Any]:
     from fdm_core import get_registry
 
     registry = get_registry()
+    registry.load_external()
     components = [
         {"kind": kind, "name": name, "distribution": entry.distribution, "version": entry.version}
         for kind, table in registry.entries.items()
         for name, entry in sorted(table.items())
     ]
     plugins = [
-        {"module": module, "distribution": dist, "version": ver}
+        {
+            "module": module,
+            "distribution": dist,
+            "version": ver,
+            "import_seconds": round(registry.import_seconds.get(f"{dist}:{module}", 0.0), 3),
+        }
         for module, dist, ver in registry.plugins
     ]
     errors = [
-        {"plugin": e.plugin, "distribution": e.distribution, "error": e.error}
+        {"plugin": e.plugin, "distribution": e.distribution, "error": e.error, "fix": e.fix}
         for e in registry.errors
     ]
     return {"components": components, "plugins": plugins, "errors": errors}
@@ -49,17 +60,15 @@ def print_plugins(table: dict[str, Any], console: Console) -> None:
     for row in table["components"]:
         grid.add_row(
             KIND_TITLES.get(row["kind"], row["kind"]),
-            row["name"],
-            row["distribution"],
-            row["version"],
+            *(escape(row[key]) for key in ("name", "distribution", "version")),
         )
     console.print(grid)
     for err in table["errors"]:
-        console.print(
-            f"[red]failed to load[/] plugin {err['plugin']} from {err['distribution']}: "
-            f"{err['error']}",
-            markup=True,
-        )
+        console.print(f"[red]broken plugin[/] {escape(_error_line(err))}", markup=True)
+
+
+def _error_line(err: dict[str, str]) -> str:
+    return f"{err['plugin']} from {err['distribution']} {err['error']}; fix: {err['fix']}"
 
 
 def _version(dist: str) -> str | None:
@@ -116,6 +125,9 @@ def environment() -> dict[str, Any]:
         "plugins": {
             "components": counts,
             "distributions": sorted({p["distribution"] for p in table["plugins"]}),
+            "import_seconds": {
+                f"{p['distribution']}:{p['module']}": p["import_seconds"] for p in table["plugins"]
+            },
             "errors": table["errors"],
         },
     }
@@ -153,10 +165,12 @@ def print_environment(info: dict[str, Any], console: Console) -> None:
             + f" from {', '.join(plugins['distributions'])}",
         )
     )
+    slow = ", ".join(f"{name} {s:.2f} s" for name, s in plugins["import_seconds"].items())
+    rows.append(("plugin import time", slow))
     for err in plugins["errors"]:
-        rows.append(("plugin error", f"{err['plugin']} ({err['distribution']}): {err['error']}"))
+        rows.append(("broken plugin", _error_line(err)))
     for item, value in rows:
-        grid.add_row(item, str(value))
+        grid.add_row(item, escape(str(value)))
     console.print(grid)
 
 

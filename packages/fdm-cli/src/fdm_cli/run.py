@@ -174,6 +174,11 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext,
         data, cfg.process.resolution, cfg.process.channels, opts.seed, ctx.rank, ctx.world_size, say
     )
     process = FDMProcess(cfg.process)
+    first = dataset.rank_batch(0, opts.batch_size // ctx.world_size, ctx.rank, ctx.world_size)
+    try:  # a plugin's transform that is wrong at this batch size is named before any step
+        process.check_stage_signals(first.to(ctx.device))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     torch.manual_seed(derive_seed(opts.seed, MODEL_INIT))
     unet = MultiStageUNet(cfg.model).to(ctx.device)
     ema = EMA(unet, cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup)

@@ -12,6 +12,7 @@ Every transform is checked against its declared boundary contract when it is bui
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -26,10 +27,12 @@ from pydantic import (
 )
 
 from .assets import resolve_spec_assets
-from .registry import Registry, get_registry
+from .registry import BUILTIN_DISTRIBUTIONS, PluginError, Registry, get_registry
 from .schedules import TERMINAL_ALPHA_MAX, NoiseSchedule, StageSchedule
 from .testing import verify_contract
 from .transform import Shape, SignalTransform
+
+logger = logging.getLogger(__name__)
 
 
 class ComponentSpec(BaseModel):
@@ -80,6 +83,11 @@ class ProcessConfig(BaseModel):
         "truncated", description="x0 loss weight: snr, min(snr, min_snr_gamma), max(snr, 1)"
     )
     min_snr_gamma: float = Field(5.0, gt=0.0, description="gamma of the min_snr weighting")
+    plugins: dict[str, str] = Field(
+        default_factory=dict,
+        description="written by fdm: the distribution and version that provided each component "
+        "('transform:haar': 'fdm-haar 0.1.0'), so a missing plugin is named with what to install",
+    )
     _base_dir: Path | None = PrivateAttr(None)  # where relative asset paths resolve
 
     @field_validator("stage_schedule", "noise_schedule", "latent", mode="before")
@@ -97,7 +105,9 @@ class ProcessConfig(BaseModel):
         context = info.context or {}
         base_dir = context.get("base_dir")
         self._base_dir = Path(base_dir) if base_dir is not None else None
-        resolve_components(self, context.get("registry") or get_registry())
+        registry = context.get("registry") or get_registry()
+        resolve_components(self, registry)
+        self.plugins = _record_sources(self, registry)
         if self.parameterization == "eps" and self.transforms and self.interpolation:
             raise ValueError(
                 "parameterization 'eps' needs an identity mean path (no transforms, or "
@@ -130,7 +140,7 @@ def resolve_components(config: ProcessConfig, registry: Registry) -> Components:
         )
         transforms.append(transform)
         shapes.append(shape)
-    noise = _build(registry, "noise_schedule", config.noise_schedule, "noise_schedule")
+    noise = _build(registry, "noise_schedule", config.noise_schedule, "noise_schedule", config)
     if (alpha := noise.terminal_alpha()) > TERMINAL_ALPHA_MAX:
         raise ValueError(
             f"noise_schedule ({config.noise_schedule.name}): alpha(1) = {alpha:.3g} leaves signal "
@@ -138,7 +148,7 @@ def resolve_components(config: ProcessConfig, registry: Registry) -> Components:
             f"{TERMINAL_ALPHA_MAX}: lower its log-SNR at t = 1 (cosine: logsnr_min; linear_beta: "
             "larger betas or num_train_steps)"
         )
-    stage = _build(registry, "stage_schedule", config.stage_schedule, "stage_schedule")
+    stage = _build(registry, "stage_schedule", config.stage_schedule, "stage_schedule", config)
     try:
         stage.boundaries(len(transforms) + 1)
     except ValueError as exc:
@@ -159,15 +169,11 @@ def _transform(
         factory = registry.get("transform", spec.name).factory
         spec = ComponentSpec(**resolve_spec_assets(spec.as_dict(), factory, config._base_dir))
     except KeyError as exc:
-        raise ValueError(f"{field}: {exc.args[0]}") from None
-    except ValueError as exc:
+        hint = _install_hint(config, "transform", spec.name)
+        raise ValueError(f"{field}: {exc.args[0]}{hint}") from None
+    except (ValueError, PluginError) as exc:
         raise ValueError(f"{field} ({spec.name}): {exc}") from None
-    transform = _build(registry, "transform", spec, field)
-    if not isinstance(transform, SignalTransform):
-        raise ValueError(
-            f"{field} ({spec.name}): the registered factory built a {type(transform).__name__}, "
-            "not a fdm_core.SignalTransform"
-        )
+    transform = _build(registry, "transform", spec, field, config)
     try:
         out = tuple(transform.out_shape(shape))
     except ValueError as exc:
@@ -178,13 +184,49 @@ def _transform(
     return transform, out
 
 
-def _build(registry: Registry, kind: str, spec: ComponentSpec, field: str) -> Any:
+def _build(
+    registry: Registry, kind: str, spec: ComponentSpec, field: str, config: ProcessConfig
+) -> Any:
     try:
         return registry.build(kind, spec.as_dict())
     except KeyError as exc:
-        raise ValueError(f"{field}: {exc.args[0]}") from None
-    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{field}: {exc.args[0]}{_install_hint(config, kind, spec.name)}"
+        ) from None
+    except (ValueError, TypeError, PluginError) as exc:
         raise ValueError(f"{field} ({spec.name}): {_one_line(exc)}") from None
+
+
+def _components(config: ProcessConfig) -> list[tuple[str, ComponentSpec]]:
+    specs = [("transform", spec) for spec in config.transforms]
+    if config.latent is not None:
+        specs.append(("transform", config.latent))
+    return [
+        *specs,
+        ("noise_schedule", config.noise_schedule),
+        ("stage_schedule", config.stage_schedule),
+    ]
+
+
+def _record_sources(config: ProcessConfig, registry: Registry) -> dict[str, str]:
+    """'kind:name' -> 'distribution version' of every component `config` uses; one warning
+    per external plugin whose installed version differs from the one recorded in `config`."""
+    sources = {}
+    for kind, spec in _components(config):
+        entry = registry.get(kind, spec.name)
+        key, now = f"{kind}:{spec.name}", f"{entry.distribution} {entry.version}"
+        recorded = config.plugins.get(key)
+        if recorded and recorded != now and entry.distribution not in BUILTIN_DISTRIBUTIONS:
+            logger.warning("%s was made with %s; %s is installed", key, recorded, now)
+        sources[key] = now
+    return sources
+
+
+def _install_hint(config: ProcessConfig, kind: str, name: str) -> str:
+    recorded = config.plugins.get(f"{kind}:{name}")
+    if not recorded:
+        return ""
+    return f" (this config was made with {recorded}: pip install {recorded.split()[0]})"
 
 
 def _one_line(exc: Exception) -> str:

@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from .config import ProcessConfig, resolve_components
-from .registry import Registry, get_registry
+from .registry import Registry, distribution_of, get_registry
 from .transform import Boundary, SignalTransform
 
 
@@ -73,7 +73,8 @@ class FDMProcess:
 
     def __init__(self, config: ProcessConfig, registry: Registry | None = None) -> None:
         self.config = config
-        components = resolve_components(config, registry or get_registry())
+        self.registry = registry or get_registry()
+        components = resolve_components(config, self.registry)
         self.transforms: list[SignalTransform] = components.transforms
         self.latent: SignalTransform | None = components.latent
         self.noise_schedule = components.noise_schedule
@@ -123,9 +124,35 @@ class FDMProcess:
         (docs/design.md §1, §10.3)."""
         if self.latent is not None:
             x = self.latent.encode(x)
-        for transform in self.transforms[:k]:
-            x = transform.encode(x)
+        for i, transform in enumerate(self.transforms[:k]):
+            y = transform.encode(x)
+            if tuple(y.shape[1:]) != tuple(self.stage_shapes[i + 1]):  # metadata: no read
+                raise ValueError(
+                    f"{self._name(i)} encoded a batch of {x.shape[0]} to per-sample shape "
+                    f"{tuple(y.shape[1:])}, but its out_shape promised "
+                    f"{tuple(self.stage_shapes[i + 1])}: fix the transform or leave it out"
+                )
+            x = y
         return x
+
+    def check_stage_signals(self, x: torch.Tensor) -> None:
+        """Run every transform once on a real batch (before training: it reads values back):
+        a non-finite output from finite input is a ValueError naming the transform and its
+        distribution, so a broken plugin is not blamed on the learning rate later."""
+        for k in range(1, self.num_stages):
+            before = self.stage_signal(x, k - 1)
+            after = self.transforms[k - 1].encode(before)
+            if bool(torch.isfinite(before).all()) and not bool(torch.isfinite(after).all()):
+                raise ValueError(
+                    f"{self._name(k - 1)} returned NaN or infinite values from finite stage-"
+                    f"{k - 1} signals: the transform is broken; fix it or leave it out"
+                )
+
+    def _name(self, i: int) -> str:
+        transform = self.transforms[i]
+        entry = self.registry.entries["transform"].get(transform.name)
+        source = f"{entry.distribution} {entry.version}" if entry else distribution_of(transform)
+        return f"transforms[{i}] ({transform.name}, from {source})"
 
     def to_data_space(self, xk: torch.Tensor, k: int) -> torch.Tensor:
         """g_1(...g_k(x^k)) (then the latent's decoder): a stage-k signal shown in data space,

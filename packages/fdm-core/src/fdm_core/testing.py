@@ -23,6 +23,7 @@ the shape and decode as the identity.
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 
@@ -42,6 +43,28 @@ def _input(
 ) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, *shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+# Inputs the suite feeds a transform: N(0, 1) (noise, as the sampler sees it) and the stage-0
+# data range [-1, 1] (uniform, and its two extremes), where clipping or quantising transforms
+# behave differently. A test class adds its own with `make_inputs`.
+INPUT_KINDS = ("randn", "unit", "signs")
+
+
+def sample_inputs(shape: Shape, batch: int, kind: str, seed: int = 0) -> torch.Tensor:
+    """A float64 batch of `kind` (one of `INPUT_KINDS`) with per-sample shape `shape`."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "randn":
+        return torch.randn(batch, *shape, generator=g, dtype=torch.float64)
+    if kind == "unit":
+        return torch.rand(batch, *shape, generator=g, dtype=torch.float64) * 2 - 1
+    if kind == "signs":
+        return torch.randint(0, 2, (batch, *shape), generator=g).double() * 2 - 1
+    raise ValueError(f"unknown input kind {kind!r}; one of {', '.join(INPUT_KINDS)}")
+
+
+def _default_inputs(shape: Shape, batch: int) -> list[torch.Tensor]:
+    return [sample_inputs(shape, batch, kind, seed=i) for i, kind in enumerate(INPUT_KINDS)]
 
 
 def check_shapes(transform: SignalTransform, shape: Shape, batch: int = 3) -> None:
@@ -65,22 +88,56 @@ def check_dtype_device(
         assert back.dtype == dtype and back.device == x.device, f"decode changed {dtype}/{x.device}"
 
 
-def check_batch_independence(transform: SignalTransform, shape: Shape, batch: int = 4) -> None:
-    x = _input(shape, batch)
-    y = transform.encode(x)
-    singles = torch.cat([transform.encode(x[i : i + 1]) for i in range(batch)])
-    _close(y, singles, "encode of a batch vs one item at a time")
-    _close(
-        transform.decode(y),
-        torch.cat([transform.decode(y[i : i + 1]) for i in range(batch)]),
-        "decode of a batch vs one item at a time",
-    )
+def check_batch_independence(
+    transform: SignalTransform,
+    shape: Shape,
+    batch: int = 4,
+    inputs: list[torch.Tensor] | None = None,
+) -> None:
+    """Batch items are transformed independently, on every input kind (`INPUT_KINDS`, or
+    `inputs`): a batch gives its items' results one at a time, and changing one sample moves
+    no other sample's output (catches batch statistics: centring on, or scaling by, the batch)."""
+    for x in inputs or _default_inputs(shape, batch):
+        y = transform.encode(x)
+        singles = torch.cat([transform.encode(x[i : i + 1]) for i in range(x.shape[0])])
+        _close(y, singles, "encode of a batch vs one item at a time")
+        _close(
+            transform.decode(y),
+            torch.cat([transform.decode(y[i : i + 1]) for i in range(x.shape[0])]),
+            "decode of a batch vs one item at a time",
+        )
+        changed = x.clone()
+        changed[0] = changed[0] * 3 + 1
+        _close(
+            transform.encode(changed)[1:],
+            y[1:],
+            "batch independence: changing sample 0 moved the encoding of the others",
+        )
+        _close(
+            transform.decode(transform.encode(changed))[1:],
+            transform.decode(y)[1:],
+            "batch independence: changing sample 0 moved the decoding of the others",
+        )
 
 
 def check_differentiable(transform: SignalTransform, shape: Shape) -> None:
+    """Every boundary kind needs a gradient through g(f(x)) that autograd can follow and that
+    is not zero everywhere: the projection checks compute f f^T by a vector-Jacobian product,
+    and a latent transform is trained through. Catches `.detach()`, `.numpy()`, `no_grad` and
+    piecewise-constant maps (`round()`)."""
     x = _input(shape, 2).requires_grad_(True)
-    transform.decode(transform.encode(x)).square().sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all(), "no finite gradient through f, g"
+    out = transform.decode(transform.encode(x))
+    assert out.requires_grad, (
+        "differentiable: decode(encode(x)) does not require grad: encode or decode detached its "
+        "output (.detach(), .numpy(), torch.no_grad()); use torch ops autograd can follow"
+    )
+    weights = _input(tuple(out.shape[1:]), out.shape[0], seed=5)
+    (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    assert torch.isfinite(grad).all(), "differentiable: the gradient through f, g is not finite"
+    assert bool(grad.abs().max() > 0), (
+        "differentiable: the gradient through decode(encode(x)) is zero everywhere (a "
+        "piecewise-constant map such as round()); the contract needs a useful gradient"
+    )
 
 
 def check_mix_projection(transform: SignalTransform, shape: Shape, batch: int = 3) -> None:
@@ -151,6 +208,24 @@ def check_white_noise(transform: SignalTransform, shape: Shape, samples: int = 2
         )
 
 
+def check_unet_stage_shapes(
+    transform: SignalTransform, shape: Shape, unet: dict | None = None
+) -> None:
+    """The built-in UNet (fdm-models) accepts the stage chain ``shape -> out_shape(shape)``:
+    each stage's (H, W) must be stage 0's halved a whole number of times in both sides
+    (docs/plugins.md, "Stage shapes the UNet can train"). `unet` holds UNetConfig fields
+    (``channel_mult`` sets the number of levels)."""
+    from fdm_models import UNetConfig  # optional: only this check needs fdm-models
+
+    stages = [tuple(shape), tuple(transform.out_shape(shape))]
+    try:
+        UNetConfig(stage_shapes=stages, **(unet or {}))
+    except ValueError as exc:
+        errors = exc.errors() if hasattr(exc, "errors") else [{"msg": str(exc)}]
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in errors)
+        raise AssertionError(f"the UNet cannot train the stages {stages}: {reasons}") from None
+
+
 def check_transform(
     transform: SignalTransform,
     shape: Shape,
@@ -170,7 +245,12 @@ def check_transform(
 def check_boundary_contract(
     transform: SignalTransform, shape: Shape, white_noise: bool = True
 ) -> None:
-    """The properties the declared boundary kind promises (nothing extra for ``renoise``)."""
+    """The properties the declared boundary kind promises (nothing extra for ``renoise``); an
+    unknown kind fails, naming the known ones."""
+    kinds = [b.value for b in Boundary]
+    assert transform.boundary in kinds, (
+        f"boundary {transform.boundary!r} is not a known kind; one of {', '.join(kinds)}"
+    )
     if transform.boundary == Boundary.PROJECTION:
         check_projection(transform, shape)
         if white_noise:
@@ -220,12 +300,23 @@ def verify_contract(transform: SignalTransform, shape: Shape, label: str) -> Non
 
 
 class TransformConformance:
-    """pytest mixin: subclass it as ``Test...``, set `input_shape` and define `make_transform`."""
+    """pytest mixin: subclass it as ``Test...``, set `input_shape` and define `make_transform`.
+
+    Optional: `make_inputs` returns the batches batch independence is checked on (default: one
+    of each `INPUT_KINDS`; return the previous transform's outputs for a transform that comes
+    later in a chain); `unet_config` holds the UNetConfig fields (default: the default UNet)
+    of the check that the built-in UNet can train the stage shapes; None skips it, for a
+    transform meant for another network.
+    """
 
     input_shape: Shape = (1, 16, 16)
+    unet_config: ClassVar[dict[str, Any] | None] = {}
 
     def make_transform(self) -> SignalTransform:
         raise NotImplementedError("define make_transform() in the test class")
+
+    def make_inputs(self) -> list[torch.Tensor] | None:
+        return None
 
     def test_shapes(self) -> None:
         check_shapes(self.make_transform(), self.input_shape)
@@ -234,7 +325,15 @@ class TransformConformance:
         check_dtype_device(self.make_transform(), self.input_shape)
 
     def test_batch_independence(self) -> None:
-        check_batch_independence(self.make_transform(), self.input_shape)
+        transform, inputs = self.make_transform(), self.make_inputs()
+        check_batch_independence(transform, self.input_shape, inputs=inputs)
+
+    def test_unet_stage_shapes(self) -> None:
+        if self.unet_config is None:
+            import pytest
+
+            pytest.skip("unet_config is None: this transform is not meant for the built-in UNet")
+        check_unet_stage_shapes(self.make_transform(), self.input_shape, self.unet_config)
 
     def test_differentiable(self) -> None:
         check_differentiable(self.make_transform(), self.input_shape)

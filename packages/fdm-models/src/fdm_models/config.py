@@ -60,7 +60,10 @@ class UNetConfig(BaseModel):
             if tuple(shape[1:]) not in allowed:
                 raise ValueError(
                     f"stage_shapes[{k}] = {tuple(shape)}: its (H, W) matches no UNet level; "
-                    f"allowed resolutions (level 0..{levels - 1}): {allowed}"
+                    f"allowed resolutions (level 0..{levels - 1}): {allowed}. Each level "
+                    "halves H and W, so a stage must be stage 0 shrunk by 1, 2, 4, ... in both "
+                    "sides: make the transform produce one of these (e.g. down-sampling by 2 "
+                    "or 4 in H and W), or add levels to model.channel_mult for smaller stages"
                 )
         for level in self.attention_levels:
             if not 0 <= level < levels:
