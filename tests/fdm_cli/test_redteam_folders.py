@@ -428,3 +428,25 @@ def test_train_autoencoder_batch_sizes_are_bounded(cli):
     refused(
         cli("train-autoencoder", "--set", "train.eval_batch_size=100000000", "--dry-run"), "65536"
     )
+
+
+def test_a_saved_cache_dir_is_not_where_a_resumed_run_writes(
+    ds_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run folder must not choose where fdm writes: its `data.cache_dir` (say, a folder of
+    the victim's) is dropped on resume, with one warning; the cache is only a speed-up."""
+    import shutil
+
+    import yaml
+
+    from fdm_cli.configfile import saved_run_config
+
+    run = tmp_path / "run"
+    shutil.copytree(ds_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["cache_dir"] = str(tmp_path / "victim")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with caplog.at_level("WARNING", logger="fdm_cli.configfile"):
+        saved = saved_run_config(run)
+    assert saved is not None and saved["data"]["cache_dir"] is None
+    assert "not using data.cache_dir" in caplog.text

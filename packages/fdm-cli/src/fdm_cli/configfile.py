@@ -20,6 +20,7 @@ the command line or in a config file they name.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ from .errors import UserError
 MAX_CONFIG_BYTES = 1 << 20  # a TrainConfig is ~3 kB of YAML
 MAX_ALIASES = 100
 MAX_NODES = 100_000  # values (mappings, lists, scalars) once aliases are expanded
+logger = logging.getLogger(__name__)
 WITHHELD = "\0withheld-from:"  # + the config file: a run folder's command or URL data source
 
 
@@ -157,7 +159,9 @@ def saved_run_config(run_dir: Path) -> dict[str, Any] | None:
 
     A run folder may come from anyone, so a data source in it that is a command or a URL
     (`is_command_or_url`) is withheld: it becomes a WITHHELD marker that the resolvers refuse
-    (`refuse_withheld_source`) unless the user gives the source again."""
+    (`refuse_withheld_source`) unless the user gives the source again. Its ``data.cache_dir``
+    is dropped (a run folder does not choose where fdm writes; the cache is only a speed-up):
+    the default or $FDM_DATA_CACHE serves unless the user gives it again."""
     path = run_dir / ckpt.CONFIG_FILE
     if not path.is_file() or ckpt.latest_checkpoint(run_dir) is None:
         return None
@@ -165,6 +169,14 @@ def saved_run_config(run_dir: Path) -> dict[str, Any] | None:
     data = saved.get("data")
     if isinstance(data, dict) and is_command_or_url(data.get("source")):
         data["source"] = WITHHELD + str(path)
+    if isinstance(data, dict) and data.get("cache_dir") is not None:
+        logger.warning(
+            "not using data.cache_dir %r from %s (a run folder does not choose where fdm "
+            "writes); give it again with --set data.cache_dir=... to keep it",
+            data["cache_dir"],
+            path,
+        )
+        data["cache_dir"] = None
     return saved
 
 
