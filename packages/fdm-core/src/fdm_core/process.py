@@ -124,29 +124,34 @@ class FDMProcess:
         (docs/design.md §1, §10.3)."""
         if self.latent is not None:
             x = self.latent.encode(x)
-        for i, transform in enumerate(self.transforms[:k]):
-            y = transform.encode(x)
-            if tuple(y.shape[1:]) != tuple(self.stage_shapes[i + 1]):  # metadata: no read
-                raise ValueError(
-                    f"{self._name(i)} encoded a batch of {x.shape[0]} to per-sample shape "
-                    f"{tuple(y.shape[1:])}, but its out_shape promised "
-                    f"{tuple(self.stage_shapes[i + 1])}: fix the transform or leave it out"
-                )
-            x = y
+        for i in range(k):
+            x = self._encode(i, x)
         return x
+
+    def _encode(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """f_{i+1}(x), its shape checked against the config's promise (metadata: no read)."""
+        y = self.transforms[i].encode(x)
+        if tuple(y.shape[1:]) != tuple(self.stage_shapes[i + 1]):
+            raise ValueError(
+                f"{self._name(i)} encoded a batch of {x.shape[0]} to per-sample shape "
+                f"{tuple(y.shape[1:])}, but its out_shape promised "
+                f"{tuple(self.stage_shapes[i + 1])}: fix the transform or leave it out"
+            )
+        return y
 
     def check_stage_signals(self, x: torch.Tensor) -> None:
         """Run every transform once on a real batch (before training: it reads values back):
         a non-finite output from finite input is a ValueError naming the transform and its
         distribution, so a broken plugin is not blamed on the learning rate later."""
-        for k in range(1, self.num_stages):
-            before = self.stage_signal(x, k - 1)
-            after = self.transforms[k - 1].encode(before)
+        before = self.stage_signal(x, 0)
+        for i in range(self.num_stages - 1):
+            after = self._encode(i, before)
             if bool(torch.isfinite(before).all()) and not bool(torch.isfinite(after).all()):
                 raise ValueError(
-                    f"{self._name(k - 1)} returned NaN or infinite values from finite stage-"
-                    f"{k - 1} signals: the transform is broken; fix it or leave it out"
+                    f"{self._name(i)} returned NaN or infinite values from finite stage-"
+                    f"{i} signals: the transform is broken; fix it or leave it out"
                 )
+            before = after
 
     def _name(self, i: int) -> str:
         transform = self.transforms[i]

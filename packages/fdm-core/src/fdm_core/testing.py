@@ -41,8 +41,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, what: str, tol: float = 1e-5) -> No
 def _input(
     shape: Shape, batch: int, dtype: torch.dtype = torch.float64, seed: int = 0
 ) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, *shape, generator=g, dtype=torch.float64).to(dtype)
+    return sample_inputs(shape, batch, "randn", seed).to(dtype)
 
 
 # Inputs the suite feeds a transform: N(0, 1) (noise, as the sampler sees it) and the stage-0
