@@ -37,10 +37,11 @@ def lint(session: nox.Session) -> None:
 
 
 def _install_for_tests(session: nox.Session) -> None:
-    """torch, pytest and the four packages (editable; fdm-transforms with its diffusers extra so
-    the diffusers-autoencoder tests run)."""
-    session.install(*CONSTRAINTS, "torch", "triton", "pytest", "pytest-timeout", "hypothesis")
+    """torch, pytest and the four packages (editable; fdm-core with its fuzz extra, hypothesis,
+    and fdm-transforms with its diffusers extra so the diffusers-autoencoder tests run)."""
+    session.install(*CONSTRAINTS, "torch", "triton", "pytest", "pytest-timeout")
     editable = [f"packages/{p}" for p in PACKAGES]
+    editable[PACKAGES.index("fdm-core")] += "[fuzz]"
     editable[PACKAGES.index("fdm-transforms")] += "[diffusers]"
     editable[PACKAGES.index("fdm-cli")] += "[webdataset]"
     session.install(*CONSTRAINTS, *[a for p in editable for a in ("-e", p)])
@@ -94,12 +95,14 @@ def package(session: nox.Session) -> None:
 @nox.session
 def plugin_example(session: nox.Session) -> None:
     """Install the example plugin examples/fdm-haar (the package docs/plugins.md builds) and the
-    template a new author copies (examples/fdm-plugin-template) next to fdm, run their tests,
-    train two steps with the haar transform and sample, and check that `fdm plugins --json`
-    lists it with its distribution and version."""
-    session.install(*CONSTRAINTS, "torch", "pytest")
+    template a new author copies (examples/fdm-plugin-template) next to fdm with their test
+    extras (pytest, fdm-core's fuzz extra), run their tests (the conformance suite and the
+    fuzzer), train two steps with the haar transform and sample, and check that
+    `fdm plugins --json` lists it with its distribution and version."""
+    session.install(*CONSTRAINTS, "torch")
     session.install(*CONSTRAINTS, *[a for p in PACKAGES for a in ("-e", f"packages/{p}")])
-    session.install(*CONSTRAINTS, "./examples/fdm-haar", "./examples/fdm-plugin-template")
+    examples = ("./examples/fdm-haar[test]", "./examples/fdm-plugin-template[test]")
+    session.install(*CONSTRAINTS, *examples)
     session.run("pytest", "examples/fdm-haar/tests", "examples/fdm-plugin-template/tests")
     tmp = Path(session.create_tmp()).resolve()
     run = tmp / "haar-run"

@@ -22,7 +22,7 @@ from fdm_core import hookspecs
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "plugins.md"
 EXAMPLE = ROOT / "examples" / "fdm-haar"
-SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", "build", "dist"}
+SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", "build", "dist"}
 
 FENCE = re.compile(r"^(?P<fence>`{3,})[\w-]*\n(?P<body>.*?)^(?P=fence)[ \t]*$", re.M | re.S)
 FILE_BLOCK = re.compile(

@@ -1,22 +1,26 @@
-"""Fuzzing every registered transform with hypothesis (docs/design.md §10.1).
+"""Fuzzing every registered transform with hypothesis (docs/design.md §10.1), through
+`fdm_core.testing`'s fuzzer (`fuzz_transform`, the properties `fuzz_*`), the one a plugin's own
+test suite runs too.
 
-The transforms come from the plugin registry, so a plugin's transform is fuzzed too: with its
-recipe below, or else built from its default parameters. Valid parameters and shapes must work
-(`out_shape` agrees with `encode`, `decode(encode(x))` has the input's shape, outputs are finite,
-batches of 1 to 3); invalid shapes must raise a one-line ValueError naming the shape, invalid
-parameters a ValueError naming the parameter: never a torch error or a wrongly shaped result.
-The autoencoder transform runs on tiny random autoencoders (fdm's, and diffusers' when
-installed), so nothing here needs trained weights.
+Fuzzed here: the built-ins and the example plugins (examples/fdm-haar and
+examples/fdm-plugin-template, from their sources when they are not installed), each with its
+recipe (fuzz_recipes.py). A third-party plugin installed next to fdm is fuzzed only when asked, with
+``pytest --fuzz-plugins`` or ``FDM_FUZZ_PLUGINS=1`` (built from its default parameters, on the
+shapes its `out_shape` takes), so installing someone's plugin cannot turn fdm's CI red. The
+autoencoder transform runs on tiny random autoencoders (fdm's, and diffusers' when installed),
+so nothing here needs trained weights.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
 import importlib.util
-import json
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -24,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, Phase, assume, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import Phase, settings  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from fdm_core import (  # noqa: E402
@@ -37,425 +40,133 @@ from fdm_core import (  # noqa: E402
     hookimpl,
     load_registry,
 )
-from fdm_models import Autoencoder, AutoencoderConfig, save_autoencoder  # noqa: E402
+from fdm_core.registry import BUILTIN_DISTRIBUTIONS  # noqa: E402
+from fdm_core.testing import (  # noqa: E402
+    FUZZ_CHECKS,
+    fuzz_any_shape,
+    fuzz_bad_params,
+    fuzz_bad_shapes,
+    fuzz_malformed,
+    fuzz_transform,
+    fuzz_valid,
+)
 
-MAX_CHANNELS = 4
-MAX_SIZE = 64
-FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-REGISTRY = load_registry()
-Params = dict[str, Any]
+from .fuzz_recipes import RECIPES, Assets, make_assets  # noqa: E402
 
-
-@dataclass(frozen=True)
-class Assets:
-    """Folders the recipes build transforms from (module fixture `assets`)."""
-
-    autoencoders: tuple[str, ...]  # tiny random autoencoders
-    missing: str  # a path that does not exist
-    empty: str  # a folder without config.json
-    not_autoencoder: str  # config.json of another model
-    bad_json: str  # config.json that is not JSON
+ROOT = Path(__file__).resolve().parents[2]
+# The example plugins: distribution -> (package, its source folder)
+EXAMPLES = {
+    "fdm-haar": ("fdm_haar", ROOT / "examples" / "fdm-haar" / "src"),
+    "fdm-grayscale": ("fdm_grayscale", ROOT / "examples" / "fdm-plugin-template" / "src"),
+}
+OURS = BUILTIN_DISTRIBUTIONS | EXAMPLES.keys()
+OPTION, ENV = "--fuzz-plugins", "FDM_FUZZ_PLUGINS"
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
-    root = tmp_path_factory.mktemp("fuzz-assets")
-    torch.manual_seed(0)
-    folders = []
-    for i, config in enumerate(
-        [
-            AutoencoderConfig(resolution=8, factor=2, latent_channels=2, base_channels=8),
-            AutoencoderConfig(
-                in_channels=3,
-                resolution=16,
-                factor=4,
-                latent_channels=3,
-                base_channels=8,
-                bottleneck="vq",
-                codebook_size=16,
-            ),
-        ]
-    ):
-        folders.append(str(save_autoencoder(Autoencoder(config), root / f"fdm-{i}")))
-    if importlib.util.find_spec("diffusers") is not None:
-        import diffusers
+    return make_assets(tmp_path_factory.mktemp("fuzz-assets"))
 
-        tiny = diffusers.AutoencoderTiny(
-            in_channels=2,
-            out_channels=2,
-            encoder_block_out_channels=(8, 8),
-            decoder_block_out_channels=(8, 8),
-            num_encoder_blocks=(1, 1),
-            num_decoder_blocks=(1, 1),
-            latent_channels=2,
+
+# -- which transforms: ours always, an installed third-party plugin's when asked ----------------
+
+
+def _import_example(package: str, src: Path) -> ModuleType:
+    """The example's plugin module: the installed package, or else its source, imported without
+    putting the source folder on sys.path (its build metadata would make it an installed
+    plugin for every other test)."""
+    if package not in sys.modules and importlib.util.find_spec(package) is None:
+        init = src / package / "__init__.py"
+        spec = importlib.util.spec_from_file_location(
+            package, init, submodule_search_locations=[str(init.parent)]
         )
-        tiny.save_pretrained(root / "tiny")
-        folders.append(str(root / "tiny"))
-    for name, text in (("other", json.dumps({"_class_name": "UNet"})), ("bad-json", "{")):
-        (root / name).mkdir()
-        (root / name / "config.json").write_text(text)
-    (root / "empty").mkdir()
-    return Assets(
-        tuple(folders),
-        str(root / "missing"),
-        str(root / "empty"),
-        str(root / "other"),
-        str(root / "bad-json"),
-    )
+        assert spec is not None and spec.loader is not None, f"no example package at {init}"
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[package] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"{package}.plugin")
 
 
-# -- recipes: valid and invalid parameters and shapes per transform ------------------------------
+def fuzz_registry() -> Registry:
+    """The installed plugins, plus the example plugins from their sources when not installed."""
+    registry = load_registry()
+    loaded = {dist for _, dist, _ in registry.plugins}
+    for dist, (package, src) in EXAMPLES.items():
+        if dist not in loaded:
+            plugin = _import_example(package, src)
+            version = getattr(sys.modules[package], "__version__", "0")
+            registry.register_plugin(plugin, dist, version)
+    return registry
 
 
-def sizes(multiple: int = 1, minimum: int = 1) -> st.SearchStrategy[int]:
-    """Sizes up to MAX_SIZE that are multiples of `multiple` and at least `minimum`."""
-    return st.integers(-(-minimum // multiple), MAX_SIZE // multiple).map(lambda n: n * multiple)
+REGISTRY = fuzz_registry()
 
 
-def shapes(
-    channels: st.SearchStrategy[int] | None = None, multiple: int = 1, minimum: int = 1
-) -> st.SearchStrategy[Shape]:
-    return st.tuples(
-        st.integers(1, MAX_CHANNELS) if channels is None else channels,
-        sizes(multiple, minimum),
-        sizes(multiple, minimum),
-    )
+def asked_for_plugins(config: pytest.Config) -> bool:
+    """`--fuzz-plugins` (tests/conftest.py) or FDM_FUZZ_PLUGINS set to a true value."""
+    env = os.environ.get(ENV, "").strip().lower()
+    return bool(config.getoption("fuzz_plugins", False)) or env not in ("", "0", "false", "no")
 
 
-Bad = list[tuple[Shape, tuple[str, ...]]]  # an invalid shape and what its error must name
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How to fuzz one transform. `shape` and the `bad_*` lists depend on the built transform;
-    `bad_shapes` derives invalid inputs from a valid shape, `bad_latents` invalid decode inputs
-    from the valid `out_shape`."""
-
-    params: Callable[[Assets], st.SearchStrategy[Params]]
-    shape: Callable[[SignalTransform], st.SearchStrategy[Shape]]
-    bad_params: Callable[[Assets], st.SearchStrategy[tuple[Params, str]]]
-    bad_shapes: Callable[[SignalTransform, Shape], Bad] = lambda transform, shape: []
-    bad_latents: Callable[[SignalTransform, Shape], Bad] = lambda transform, out: []
-
-
-def _unknown_key(name: str) -> st.SearchStrategy[tuple[Params, str]]:
-    return st.just(({name: 2}, name))
-
-
-def _downsample_bad_params(assets: Assets) -> st.SearchStrategy[tuple[Params, str]]:
-    return st.one_of(
-        st.integers(-(10**6), 1),
-        st.floats(-100, 100).filter(lambda v: not v.is_integer()),
-        st.sampled_from([math.nan, math.inf, "two", None]),
-    ).map(lambda v: ({"factor": v}, "factor")) | _unknown_key("sigma")
-
-
-def _downsample_bad_shapes(transform: SignalTransform, shape: Shape) -> Bad:
-    c, h, w = shape
-    factor = str(transform.params.factor)
-    return [((c, h + 1, w), (factor, f"{h + 1}x{w}")), ((c, h, w + 1), (factor, f"{h}x{w + 1}"))]
-
-
-def _blur_params(assets: Assets) -> st.SearchStrategy[Params]:
-    return st.one_of(
-        st.floats(0.0, 4.0).map(lambda s: {"sigma": s}),
-        st.floats(0.0, 4.0).map(lambda s: {"kind": "gaussian", "sigma": s}),
-        st.integers(0, 4).map(lambda n: {"kind": "uniform", "size": 2 * n + 1}),
-    )
-
-
-def _blur_bad_params(assets: Assets) -> st.SearchStrategy[tuple[Params, str]]:
-    sigmas = st.floats(max_value=-1e-300) | st.sampled_from([math.nan, math.inf, 1e308, "wide"])
-    uniform = st.integers(-5, 0) | st.integers(1, 10).map(lambda n: 2 * n)
-    return st.one_of(
-        sigmas.map(lambda s: ({"sigma": s}, "sigma")),
-        uniform.map(lambda n: ({"kind": "uniform", "size": n}, "size")),
-        st.just(({"kind": "median"}, "kind")),
-        _unknown_key("factor"),
-    )
-
-
-def _blur_bad_shapes(transform: SignalTransform, shape: Shape) -> Bad:
-    c, h, w = shape
-    r = transform.params.radius
-    if r == 0:
-        return []
-    return [((c, r, w), (f"radius {r}", f"{r}x{w}")), ((c, h, r), (f"radius {r}", f"{h}x{r}"))]
-
-
-def _autoencoder_shapes(transform: SignalTransform) -> st.SearchStrategy[Shape]:
-    """Multiples of the factor; an fdm autoencoder (factor known) needs a 2x2 latent."""
-    net = transform.network
-    factor = MAX_SIZE // transform.out_shape((net.in_channels, MAX_SIZE, MAX_SIZE))[1]
-    minimum = factor if net.factor is None else 2 * factor
-    return shapes(st.just(net.in_channels), multiple=factor, minimum=minimum)
-
-
-def _autoencoder_bad_params(assets: Assets) -> st.SearchStrategy[tuple[Params, str]]:
-    return st.sampled_from(
-        [
-            ({"path": assets.missing}, assets.missing),
-            ({"path": assets.empty}, "config.json"),
-            ({"path": assets.not_autoencoder}, "is not an autoencoder"),
-            ({"path": assets.bad_json}, "cannot be read as JSON"),
-            ({}, "path"),
-            ({"path": assets.autoencoders[0], "factor": 2}, "factor"),
-        ]
-    )
-
-
-def _autoencoder_bad_shapes(transform: SignalTransform, shape: Shape) -> Bad:
-    c, h, w = shape
-    bad = [
-        ((c + 1, h, w), (f"{c}-channel", f"got {c + 1}")),
-        ((c, h + 1, w), (f"{h + 1}x{w}",)),
-        ((c, h, w + 1), (f"{h}x{w + 1}",)),
-    ]
-    if (factor := transform.network.factor) is not None:  # a 1x1 latent
-        bad.append(((c, factor, w), (f"at least {2 * factor}x{2 * factor}", f"{factor}x{w}")))
-    return bad
-
-
-def _autoencoder_bad_latents(transform: SignalTransform, out: Shape) -> Bad:
-    c, h, w = out
-    bad = [((c + 1, h, w), (f"{c}-channel", f"got {c + 1}"))]
-    if transform.network.factor is not None:
-        bad.append(((c, h, 1), ("at least 2x2", f"{h}x1")))
-    return bad
-
-
-RECIPES = {
-    "identity": Recipe(
-        params=lambda assets: st.just({}),
-        shape=lambda transform: shapes(),
-        bad_params=lambda assets: _unknown_key("factor") | _unknown_key("sigma"),
-    ),
-    "downsample": Recipe(
-        params=lambda assets: st.integers(2, 8).map(lambda f: {"factor": f}),
-        shape=lambda transform: shapes(multiple=transform.params.factor),
-        bad_params=_downsample_bad_params,
-        bad_shapes=_downsample_bad_shapes,
-    ),
-    "blur": Recipe(
-        params=_blur_params,
-        shape=lambda transform: shapes(minimum=transform.params.radius + 1),
-        bad_params=_blur_bad_params,
-        bad_shapes=_blur_bad_shapes,
-    ),
-    "autoencoder": Recipe(
-        params=lambda assets: st.sampled_from(assets.autoencoders).map(lambda p: {"path": p}),
-        shape=_autoencoder_shapes,
-        bad_params=_autoencoder_bad_params,
-        bad_shapes=_autoencoder_bad_shapes,
-        bad_latents=_autoencoder_bad_latents,
-    ),
-}
-# A plugin's transform without a recipe: default parameters, any shape its out_shape takes.
-DEFAULT = Recipe(
-    params=lambda assets: st.just({}),
-    shape=lambda transform: shapes(),
-    bad_params=lambda assets: _unknown_key("no_such_parameter"),
-)
-
-
-# -- the properties -------------------------------------------------------------------------------
-
-
-def refused(
-    call: Callable[[Any], object], arg: object, *needles: str, one_line: bool = True
-) -> None:
-    """`call(arg)` must raise a ValueError whose message names every needle (on one line)."""
-    try:
-        result = call(arg)
-    except Exception as exc:
-        message = str(exc)
-        assert isinstance(exc, ValueError), f"{type(exc).__name__} instead of ValueError: {exc}"
-        assert not one_line or "\n" not in message, f"the message is not one line: {message!r}"
-        missing = [needle for needle in needles if needle not in message]
-        assert not missing, f"the message does not name {missing}: {message!r}"
-        return
-    shown = tuple(result.shape) if isinstance(result, torch.Tensor) else result
-    raise AssertionError(f"accepted, giving {shown!r}; expected a ValueError naming {needles}")
-
-
-def accepts(transform: SignalTransform, shape: Shape) -> bool:
-    try:
-        transform.out_shape(shape)
-    except ValueError:
-        return False
-    return True
-
-
-def randn(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-
-
-def works(transform: SignalTransform, shape: Shape, batch: int, seed: int) -> Shape:
-    """`shape` is taken: out_shape, encode and decode agree, outputs finite. Returns out_shape."""
-    out = tuple(transform.out_shape(shape))
-    assert len(out) == 3 and all(isinstance(d, int) and d > 0 for d in out), f"out_shape {out}"
-    x = randn((batch, *shape), seed)
-    y = transform.encode(x)
-    assert tuple(y.shape) == (batch, *out), f"encode gave {tuple(y.shape)}, out_shape says {out}"
-    assert y.dtype == x.dtype and bool(torch.isfinite(y).all()), "encode: dtype or non-finite"
-    back = transform.decode(y)
-    assert tuple(back.shape) == tuple(x.shape), f"decode gave {tuple(back.shape)} for {shape}"
-    assert back.dtype == x.dtype and bool(torch.isfinite(back).all()), "decode: dtype/non-finite"
-    if transform.boundary == Boundary.IDENTITY:
-        assert out == tuple(shape), f"an identity-boundary transform changed {shape} to {out}"
-    return out
-
-
-def build(registry: Registry, name: str, assets: Assets, data: st.DataObject) -> SignalTransform:
-    params = data.draw(RECIPES.get(name, DEFAULT).params(assets), label="params")
-    return registry.build("transform", {"name": name, **params})
-
-
-def valid_shape(transform: SignalTransform, name: str, data: st.DataObject) -> Shape:
-    shape = data.draw(RECIPES.get(name, DEFAULT).shape(transform), label="shape")
-    assume(name in RECIPES or accepts(transform, shape))
-    return shape
-
-
-def check_valid(registry: Registry, name: str, assets: Assets, data: st.DataObject) -> None:
-    """Random valid parameters, shapes and batch sizes work, and survive `to_config`."""
-    transform = build(registry, name, assets, data)
-    shape = valid_shape(transform, name, data)
-    batch, seed = data.draw(st.integers(1, 3), label="batch"), data.draw(st.integers(0, 2**31))
-    out = works(transform, shape, batch, seed)
-    assert tuple(registry.build("transform", transform.to_config()).out_shape(shape)) == out
-
-
-def check_any_shape(registry: Registry, name: str, assets: Assets, data: st.DataObject) -> None:
-    """Any positive shape is either taken (and works) or refused by out_shape and encode."""
-    transform = build(registry, name, assets, data)
-    shape = data.draw(
-        st.tuples(
-            st.integers(1, MAX_CHANNELS + 1), st.integers(1, MAX_SIZE), st.integers(1, MAX_SIZE)
-        ),
-        label="shape",
-    )
-    batch, seed = data.draw(st.integers(1, 3), label="batch"), data.draw(st.integers(0, 2**31))
-    if accepts(transform, shape):
-        works(transform, shape, batch, seed)
-    else:
-        refused(transform.out_shape, shape)
-        refused(transform.encode, randn((batch, *shape), seed))
-
-
-def check_malformed(registry: Registry, name: str, assets: Assets, data: st.DataObject) -> None:
-    """Wrong numbers of dimensions and sizes <= 0 are refused, naming the shape."""
-    transform = build(registry, name, assets, data)
-    shape = valid_shape(transform, name, data)
-    out = tuple(transform.out_shape(shape))
-    batch = data.draw(st.integers(1, 3), label="batch")
-    if data.draw(st.booleans(), label="wrong number of dimensions"):
-        c, h, w = shape
-        bad = data.draw(st.sampled_from([(), (c,), (h, w), (1, c, h, w), (c, h, w, 1)]))
-        refused(transform.out_shape, bad, str(bad))
-        for tensor in (shape, (batch, c, h * w), (batch, *shape, 1), (batch, c * h * w)):
-            x = torch.zeros(tensor)
-            refused(transform.encode, x, str(tuple(x.shape)))
-        for tensor in (out, (batch, *out, 1)):
-            y = torch.zeros(tensor)
-            refused(transform.decode, y, str(tuple(y.shape)))
-    else:
-        i = data.draw(st.integers(0, 2), label="dimension")
-        size = data.draw(st.integers(-MAX_SIZE, 0), label="size")
-        bad = tuple(size if j == i else d for j, d in enumerate(shape))
-        refused(transform.out_shape, bad, str(bad))
-        x = torch.zeros(batch, *(max(d, 0) for d in bad))
-        refused(transform.encode, x, str(tuple(x.shape)))
-        y = torch.zeros(batch, *(0 if j == i else d for j, d in enumerate(out)))
-        refused(transform.decode, y, str(tuple(y.shape)))
-
-
-def check_bad_shapes(registry: Registry, name: str, assets: Assets, data: st.DataObject) -> None:
-    """The recipe's invalid sizes and channel counts are refused, naming what is wrong."""
-    recipe = RECIPES.get(name, DEFAULT)
-    transform = build(registry, name, assets, data)
-    shape = valid_shape(transform, name, data)
-    batch, seed = data.draw(st.integers(1, 3), label="batch"), data.draw(st.integers(0, 2**31))
-    for bad, needles in recipe.bad_shapes(transform, shape):
-        refused(transform.out_shape, bad, *needles)
-        refused(transform.encode, randn((batch, *bad), seed), *needles)
-    for bad, needles in recipe.bad_latents(transform, tuple(transform.out_shape(shape))):
-        refused(transform.decode, randn((batch, *bad), seed), *needles)
-
-
-def check_bad_params(registry: Registry, name: str, assets: Assets, data: st.DataObject) -> None:
-    """Invalid parameters are refused by the factory with a ValueError naming the parameter
-    (pydantic's ValidationError spans lines: fdm_core.config joins them into one)."""
-    params, needle = data.draw(RECIPES.get(name, DEFAULT).bad_params(assets), label="params")
-    build_spec = functools.partial(registry.build, "transform")
-    refused(build_spec, {"name": name, **params}, needle, one_line=False)
-
-
-CHECKS = (check_valid, check_any_shape, check_malformed, check_bad_shapes, check_bad_params)
-
-
-def _names() -> list[Any]:
-    """Every registered transform; one without a recipe that cannot be built from default
-    parameters is skipped, saying so."""
-    names = []
-    for name in REGISTRY.names("transform"):
-        reason = None
-        if name not in RECIPES:
+def fuzzed_names(registry: Registry, third_party: bool) -> Iterator[Any]:
+    """A pytest param per registered transform: ours (the built-ins and the examples, by the
+    distribution that registered it) fuzzed; a third-party plugin's skipped unless
+    `third_party`, and one without a recipe skipped if it cannot be built from default
+    parameters, saying why."""
+    for name in registry.names("transform"):
+        dist, reason = registry.get("transform", name).distribution, None
+        if dist not in OURS and not third_party:
+            reason = (
+                f"transform {name!r} comes from the third-party plugin {dist}: fuzzed only "
+                f"when asked ({OPTION} or {ENV}=1)"
+            )
+        elif name not in RECIPES:
             try:
-                REGISTRY.build("transform", {"name": name})
+                registry.build("transform", {"name": name})
             except Exception as exc:
-                dist = REGISTRY.get("transform", name).distribution
                 first = str(exc).splitlines()[0] if str(exc) else ""
                 reason = (
                     f"transform {name!r} ({dist}) cannot be built from default parameters "
                     f"({type(exc).__name__}: {first}); add a recipe to RECIPES in {__name__}"
                 )
-        names.append(pytest.param(name, marks=pytest.mark.skip(reason=reason) if reason else ()))
-    return names
+        yield pytest.param(name, marks=pytest.mark.skip(reason=reason) if reason else ())
 
 
-NAMES = _names()
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "name" in metafunc.fixturenames:
+        third_party = asked_for_plugins(metafunc.config)
+        metafunc.parametrize("name", list(fuzzed_names(REGISTRY, third_party)))
 
 
-def test_every_builtin_transform_is_fuzzed() -> None:
-    assert {"identity", "downsample", "blur", "autoencoder"} <= set(REGISTRY.names("transform"))
+def _fuzz(check: Callable[..., None], name: str, assets: Assets) -> None:
+    recipe = RECIPES[name](assets) if name in RECIPES else None
+    fuzz_transform(name, recipe, registry=REGISTRY, checks=[check])
 
 
-@pytest.mark.parametrize("name", NAMES)
-@FUZZ
-@given(data=st.data())
-def test_valid_parameters_and_shapes_work(name: str, assets: Assets, data: st.DataObject) -> None:
-    check_valid(REGISTRY, name, assets, data)
+def test_every_builtin_and_example_transform_is_fuzzed() -> None:
+    names = {"identity", "downsample", "blur", "autoencoder", "haar", "grayscale"}
+    assert names <= set(REGISTRY.names("transform")) and names == RECIPES.keys()
+    assert {REGISTRY.get("transform", name).distribution for name in names} <= OURS
 
 
-@pytest.mark.parametrize("name", NAMES)
-@FUZZ
-@given(data=st.data())
-def test_any_shape_is_taken_or_refused(name: str, assets: Assets, data: st.DataObject) -> None:
-    check_any_shape(REGISTRY, name, assets, data)
+def test_valid_parameters_and_shapes_work(name: str, assets: Assets) -> None:
+    _fuzz(fuzz_valid, name, assets)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@FUZZ
-@given(data=st.data())
-def test_malformed_shapes_are_refused(name: str, assets: Assets, data: st.DataObject) -> None:
-    check_malformed(REGISTRY, name, assets, data)
+def test_any_shape_is_taken_or_refused(name: str, assets: Assets) -> None:
+    _fuzz(fuzz_any_shape, name, assets)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@FUZZ
-@given(data=st.data())
-def test_invalid_sizes_and_channels_are_refused(
-    name: str, assets: Assets, data: st.DataObject
-) -> None:
-    check_bad_shapes(REGISTRY, name, assets, data)
+def test_malformed_shapes_are_refused(name: str, assets: Assets) -> None:
+    _fuzz(fuzz_malformed, name, assets)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@FUZZ
-@given(data=st.data())
-def test_invalid_parameters_are_refused(name: str, assets: Assets, data: st.DataObject) -> None:
-    check_bad_params(REGISTRY, name, assets, data)
+def test_invalid_sizes_and_channels_are_refused(name: str, assets: Assets) -> None:
+    _fuzz(fuzz_bad_shapes, name, assets)
+
+
+def test_invalid_parameters_are_refused(name: str, assets: Assets) -> None:
+    _fuzz(fuzz_bad_params, name, assets)
 
 
 @pytest.mark.parametrize("sigma", [math.inf, math.nan, 1e308])
@@ -504,7 +215,7 @@ class SloppyPool(SignalTransform):
         return y.repeat_interleave(2, -2).repeat_interleave(2, -1)
 
 
-def _plugin_registry() -> Registry:
+def _plugin_registry(distribution: str = "fdmtest-fuzz") -> Registry:
     class Plugin:
         @hookimpl
         def fdm_register_transforms(self, register: Callable[..., None]) -> None:
@@ -512,38 +223,80 @@ def _plugin_registry() -> Registry:
             register(SloppyPool.name, SloppyPool)
 
     registry = load_registry(load_plugins="")
-    registry.register_plugin(Plugin(), "fdmtest-fuzz", "1.0")
+    registry.register_plugin(Plugin(), distribution, "1.0")
     return registry
 
 
-@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)
-def test_a_plugin_transform_is_fuzzed_like_the_builtins(check: Callable, assets: Assets) -> None:
-    registry = _plugin_registry()
-
-    @settings(max_examples=10, deadline=None, database=None)
-    @given(data=st.data())
-    def fuzz(data: st.DataObject) -> None:
-        check(registry, Flip.name, assets, data)
-
-    fuzz()
+@pytest.mark.parametrize("check", FUZZ_CHECKS, ids=lambda check: check.__name__)
+def test_a_plugin_transform_is_fuzzed_like_the_builtins(check: Callable[..., None]) -> None:
+    fuzz = settings(max_examples=10, deadline=None, database=None)
+    fuzz_transform(Flip.name, registry=_plugin_registry(), checks=[check], settings=fuzz)
 
 
-@pytest.mark.parametrize("check", [check_any_shape, check_malformed], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("check", [fuzz_any_shape, fuzz_malformed], ids=lambda c: c.__name__)
 def test_the_fuzzer_catches_a_transform_that_does_not_check_shapes(
-    check: Callable, assets: Assets
+    check: Callable[..., None],
 ) -> None:
-    registry = _plugin_registry()
-
-    @settings(
+    fuzz = settings(
         max_examples=50,
         deadline=None,
         database=None,
         report_multiple_bugs=False,
         phases=[Phase.generate],
     )
-    @given(data=st.data())
-    def fuzz(data: st.DataObject) -> None:
-        check(registry, SloppyPool.name, assets, data)
-
     with pytest.raises(AssertionError):
-        fuzz()
+        fuzz_transform(SloppyPool.name, registry=_plugin_registry(), checks=[check], settings=fuzz)
+
+
+class FakeConfig:
+    def __init__(self, option: bool) -> None:
+        self.option = option
+
+    def getoption(self, name: str, default: object = None) -> object:
+        return self.option if name == "fuzz_plugins" else default
+
+
+def _skip_reasons(registry: Registry, third_party: bool) -> dict[str, str | None]:
+    reasons = {}
+    for param in fuzzed_names(registry, third_party):
+        marks = [m for m in param.marks if m.name == "skip"]
+        reasons[param.values[0]] = marks[0].kwargs["reason"] if marks else None
+    return reasons
+
+
+def test_a_third_party_plugin_is_fuzzed_only_when_asked() -> None:
+    """Ours by the distribution that registered the transform: built-ins and the examples are
+    fuzzed, someone else's plugin is skipped (saying how to ask) unless asked."""
+    registry = _plugin_registry("someones-plugin")
+    for dist, (package, src) in EXAMPLES.items():
+        registry.register_plugin(_import_example(package, src), dist, "0.1.0")
+    ours = {"identity", "downsample", "blur", "autoencoder", "haar", "grayscale"}
+    theirs = {Flip.name, SloppyPool.name}
+    skipped = _skip_reasons(registry, third_party=False)
+    assert {n for n, reason in skipped.items() if reason is None} == ours
+    for name in theirs:
+        assert "someones-plugin" in skipped[name] and f"{OPTION} or {ENV}=1" in skipped[name]
+    asked = _skip_reasons(registry, third_party=True)
+    assert {n for n, reason in asked.items() if reason is None} == ours | theirs
+
+
+@pytest.mark.parametrize(
+    ("option", "env", "asked"),
+    [
+        (False, None, False),
+        (False, "", False),
+        (False, "0", False),
+        (False, "false", False),
+        (True, None, True),
+        (False, "1", True),
+        (False, "yes", True),
+    ],
+)
+def test_asking_for_plugins(
+    monkeypatch: pytest.MonkeyPatch, option: bool, env: str | None, asked: bool
+) -> None:
+    if env is None:
+        monkeypatch.delenv(ENV, raising=False)
+    else:
+        monkeypatch.setenv(ENV, env)
+    assert asked_for_plugins(FakeConfig(option)) is asked  # type: ignore[arg-type]

@@ -1,14 +1,16 @@
-"""fdm's conformance suite plus what this transform is meant to compute (run with the plugin
-installed: `pip install -e '.[test]' && pytest`)."""
+"""fdm's conformance suite and fuzzer, plus what this transform is meant to compute (run with
+the plugin installed: `pip install -e '.[test]' && pytest`; the fuzzer needs hypothesis, which
+the `test` extra brings with fdm-core's `fuzz` extra)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from fdm_grayscale import Grayscale
+from hypothesis import strategies as st
 
 from fdm_core import FDMProcess, ProcessConfig, reset_registry
-from fdm_core.testing import TransformConformance
+from fdm_core.testing import FuzzRecipe, TransformConformance, TransformFuzzing
 
 
 class TestGrayscaleConformance(TransformConformance):
@@ -16,6 +18,18 @@ class TestGrayscaleConformance(TransformConformance):
 
     def make_transform(self) -> Grayscale:
         return Grayscale(channels=3)
+
+
+class TestGrayscaleFuzzing(TransformFuzzing):
+    """hypothesis draws the parameters below, the shapes `out_shape` takes and batches of 1-3."""
+
+    transform_name = "grayscale"  # the name plugin.py registers
+
+    def make_recipe(self) -> FuzzRecipe:
+        return FuzzRecipe(
+            params=st.integers(2, 4).map(lambda n: {"channels": n}),  # colour channels in
+            bad_params=st.integers(-1, 1).map(lambda n: ({"channels": n}, "channels")),
+        )
 
 
 def test_encode_is_the_channel_mean_and_decode_copies_it_back() -> None:

@@ -18,6 +18,10 @@ default) and its config round trip right; ``projection``
 transforms must also satisfy f g = I, P = g f idempotent and self-adjoint, and f f^T = r I with
 r = d_{k+1} / d_k (white noise maps to white noise of variance r); ``identity`` transforms keep
 the shape and decode as the identity.
+
+The fuzzer of `fdm_core.fuzzing` (`fuzz_transform`, the mixin `TransformFuzzing`, ...) is
+importable from here too; it needs hypothesis (``pip install "fdm-core[fuzz]"``), imported only
+when one of its names is first used.
 """
 
 from __future__ import annotations
@@ -29,6 +33,35 @@ import torch
 
 from .registry import Registry, get_registry
 from .transform import Boundary, Shape, SignalTransform, TransformContractError
+
+# Names of fdm_core.fuzzing served by this module's __getattr__ (hypothesis loads on first use).
+FUZZING_NAMES = frozenset(
+    {
+        "FUZZ_CHECKS",
+        "FuzzRecipe",
+        "TransformFuzzing",
+        "accepted_shapes",
+        "fuzz_any_shape",
+        "fuzz_bad_params",
+        "fuzz_bad_shapes",
+        "fuzz_malformed",
+        "fuzz_transform",
+        "fuzz_valid",
+        "shape_strategy",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in FUZZING_NAMES:
+        from . import fuzzing  # ImportError naming the fdm-core[fuzz] extra without hypothesis
+
+        return getattr(fuzzing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *FUZZING_NAMES})
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, what: str, tol: float = 1e-5) -> None:
