@@ -10,8 +10,9 @@ For each size the script writes a folder of PNGs (1,000 distinct random 64x64 RG
 written N / 1,000 times under its own name, so that writing 100k files takes seconds, not
 minutes; the cache decodes every file), then measures, each in a fresh process:
 
-- ``in memory``: `fdm_cli.data.load_dataset` of the folder, the path `fdm train` took before the
-  decoded cache (one uint8 tensor per process); for comparison;
+- ``in memory``: ``fdm_cli.open_data(FOLDER, 64, in_memory=True)`` (which loads the folder with
+  `load_dataset`), the path `fdm train` took before the decoded cache (one uint8 tensor per
+  process); for comparison;
 - ``1 rank, builds cache``: ``fdm train --data FOLDER`` with an empty cache directory;
 - ``1 rank``: the same run again, the cache reused;
 - ``2 ranks``: ``torchrun --standalone --nproc_per_node 2 -m fdm_cli train ...``, cache reused.
@@ -44,7 +45,7 @@ TRAIN_FLAGS = (
     "--resolution 64 --batch-size 64 --device cpu --no-progress --set model.base_channels=8 "
     "--set model.num_heads=2 --set sample.num=4 --set sample.steps=6 --set sample.strip_rows=2"
 ).split()
-IN_MEMORY = "from fdm_cli.data import load_dataset; import sys; load_dataset(sys.argv[1], 64)"
+IN_MEMORY = "import sys, fdm_cli; fdm_cli.open_data(sys.argv[1], 64, in_memory=True)"
 
 
 def make_folder(folder: Path, n: int) -> Path:
@@ -124,7 +125,7 @@ def measure(args: argparse.Namespace, n: int, work: Path) -> list[dict[str, Any]
     py = sys.executable
     torchrun = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     runs = [
-        ("in memory (load_dataset)", [py, "-c", IN_MEMORY, str(folder)], "load_dataset"),
+        ("in memory (load_dataset)", [py, "-c", IN_MEMORY, str(folder)], "in_memory=True"),
         ("1 rank, builds cache", [py, *train], "fdm_cli"),
         ("1 rank", [py, *train], "fdm_cli"),
         ("2 ranks", [*torchrun, *train], "fdm_cli"),

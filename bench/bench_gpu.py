@@ -10,7 +10,7 @@ Run from the repository root (`bench/gpu_check.sh` runs all three parts):
     python bench/bench_gpu.py sample --pairs fdm-ds:ddpm fdm-ds-64:ddpm-64 --batch 256
     python bench/bench_gpu.py train --device cpu --quick    # a check on any machine
 
-A training step is exactly `fdm train`'s (`fdm_cli.train.train_step`: the packed loss, backward,
+A training step is exactly `fdm train`'s (`fdm_cli.TrainingStep`: the packed loss, backward,
 clip, fused AdamW, EMA; `--compile on` compiles the loss graph as ``train.compile`` does) on
 random data of the preset's shape, so the data path is not timed. Each configuration builds both
 presets of a pair, warms them up (compiling when asked), then times windows of steps of the two
@@ -32,13 +32,9 @@ from typing import Any
 import torch
 from common import format_machine, machine_info, markdown_table, save_results
 
-from fdm_cli.config import TrainConfig, apply_flags, build_layers, finalize
-from fdm_cli.distributed import DistContext
-from fdm_cli.run import LossModule, Run, make_optimizer
-from fdm_cli.steptime import StepTimer
-from fdm_cli.train import train_step
+from fdm_cli import TrainConfig, TrainingStep, train_config
 from fdm_core import FDMProcess, SamplerConfig, StageNoise, sample
-from fdm_models import EMA, MultiStageUNet
+from fdm_models import MultiStageUNet
 
 
 def synchronize(device: torch.device) -> None:
@@ -46,40 +42,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def preset_config(preset: str, batch: int) -> TrainConfig:
-    """The preset's config at `batch` without its data (the RGB presets have none by default)."""
-    raw = build_layers(None, preset, None)
-    apply_flags(raw, {"train.batch_size": batch}, [])
-    return finalize(raw, 3 if preset.endswith(("-64", "-256")) else 1, None)
+def preset_config(preset: str, batch: int, **options: Any) -> TrainConfig:
+    """The preset's config at `batch` (and `options`: dotted key -> value). The data source is
+    never opened: the RGB presets, which have none by default, get their channels fixed (3)."""
+    rgb = preset.endswith(("-64", "-256"))
+    data = {"data.source": "random batches", "data.channels": 3} if rgb else {}
+    return train_config(preset, {"train.batch_size": batch, **data, **options})
 
 
-def build_run(preset: str, batch: int, precision: str, compile: bool, device: torch.device) -> Run:
-    """A `Run` with what `fdm_cli.run.setup` builds, minus data, log and run folder."""
-    cfg = preset_config(preset, batch)
-    process = FDMProcess(cfg.process)
-    torch.manual_seed(0)
-    unet = MultiStageUNet(cfg.model).to(device)
-    module = LossModule(process, unet, compile, bf16=precision == "bf16")
-    ctx = DistContext(device=device)
-    ema = EMA(unet, cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup)
-    optimizer = make_optimizer(unet, cfg.optim, device)
-    return Run(cfg, ctx, Path("-"), None, process, unet, ema, optimizer, module, None, None)
+def build_run(
+    preset: str, batch: int, precision: str, compile: bool, device: torch.device
+) -> TrainingStep:
+    """`fdm train`'s step for `preset`: its process, UNet, EMA, optimizer and loss."""
+    options = {"train.precision": precision, "train.compile": compile}
+    return TrainingStep(preset_config(preset, batch, **options), device=device)
 
 
-def time_training(run: Run, steps: int, device: torch.device) -> float:
+def time_training(run: TrainingStep, steps: int, device: torch.device) -> float:
     """Seconds for `steps` training steps (the device synchronised before and after)."""
-    shape = (run.cfg.train.batch_size, *run.process.stage_shapes[0])
+    shape = (run.config.train.batch_size, *run.process.stage_shapes[0])
     if run.process.latent is not None:
         raise SystemExit("latent presets need an autoencoder; not timed here")
     x = torch.rand(shape, device=device) * 2 - 1
     generator = torch.Generator(device).manual_seed(0)
-    timer = StepTimer(device)
     synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
-        timer.start()
-        train_step(run, x, generator, timer)
-        run.step += 1
+        run(x, generator)
     synchronize(device)
     return time.perf_counter() - start
 

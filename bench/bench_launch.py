@@ -69,10 +69,11 @@ def measure(trainer: Trainer, warmup: int) -> dict[str, Any]:
 
 def variants(preset: str, dataset: Any, batch: int) -> dict[str, Trainer]:
     """The preset's step as `fdm train` runs it, with per-stage UNet calls, and with a stand-in."""
-    packed = Trainer(preset, dataset, batch)
-    per_stage = Trainer(preset, dataset, batch)
+    threads = torch.get_num_threads()  # as set from --threads
+    packed = Trainer(preset, dataset, batch, threads=threads)
+    per_stage = Trainer(preset, dataset, batch, threads=threads)
     per_stage.network = lambda z, t, k: per_stage.unet(z, t, k)  # no packs_stages capability
-    stand_in = Trainer(preset, dataset, batch)
+    stand_in = Trainer(preset, dataset, batch, threads=threads)
     stand_in.unet = StandIn(stand_in.process.stage_shapes)
     stand_in.network = stand_in.unet
     stand_in.optimizer = torch.optim.AdamW(stand_in.unet.parameters(), fused=True)

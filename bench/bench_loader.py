@@ -10,16 +10,17 @@ Synthetic data: N random 64x64 RGB PNGs in a folder, and the same folder packed 
 ``fdm data pack --resolution 64`` (shards of 256). Each data row is what `fdm train` does per
 batch of 64 in its own process (no worker processes, one thread):
 
-- ``folder, decode``: decoding the folder's files into the cache (`fdm_cli.datacache` build:
-  PNG decode, fit, uint8), i.e. the first run's one-time cost, per image;
+- ``folder, decode``: `fdm_cli.open_data` of the folder, which decodes its files into the data
+  cache (PNG decode, fit, uint8), i.e. the first run's one-time cost, per image;
 - ``folder, cache``: batches of the seeded order read from the decoded cache (``os.pread`` per
   image, float conversion, flips), as every later run reads them;
-- ``shards``: batches from `fdm_cli.shards.ShardStream` (tar read, PNG decode, fit, flips).
+- ``shards``: batches of `fdm_cli.open_data` on the packed folder (tar read, PNG decode, fit,
+  flips).
 
-The training row times the step of ``fdm train --resolution 64`` (``--preset``, default
-fdm-ds, with the preset's UNet; batch 64, AdamW, EMA; after one warm-up step) with ``--threads``
-torch threads, as images per second; each data row shows its share of a step's time
-(data / (data + step)).
+The training row times `fdm_cli.TrainingStep`, the step of ``fdm train --resolution 64``
+(``--preset``, default fdm-ds, with the preset's UNet; batch 64, fused AdamW, EMA; after one
+warm-up step) with ``--threads`` torch threads, as images per second; each data row shows its
+share of a step's time (data / (data + step)).
 Results: a Markdown table and ``bench/results/bench_loader.json`` (``-quick`` for --quick).
 """
 
@@ -38,13 +39,7 @@ import torch
 from common import format_machine, machine_info, markdown_table, save_results
 from PIL import Image
 
-from fdm_cli import datacache
-from fdm_cli.config import resolve_train_config
-from fdm_cli.data_cmd import pack_folder
-from fdm_cli.shards import ShardStream
-from fdm_cli.training_data import IndexedData
-from fdm_core import FDMProcess, diffusion_loss
-from fdm_models import EMA, MultiStageUNet
+from fdm_cli import TrainingStep, open_data, pack_shards, train_config
 
 BATCH = 64
 RESOLUTION = 64
@@ -67,29 +62,23 @@ def rate(fn: Any, batches: int) -> float:
     return images / (time.perf_counter() - start)
 
 
-def train_rate(folder: Path, preset: str, steps: int) -> tuple[float, int]:
+def train_rate(folder: Path, preset: str, steps: int, threads: int) -> tuple[float, int]:
     """Images per second of the `preset` train step at 64x64 (its UNet, batch 64)."""
-    cfg = resolve_train_config(
-        preset=preset, flags={"data.source": str(folder), "process.resolution": RESOLUTION}
-    )
-    process = FDMProcess(cfg.process)
-    torch.manual_seed(0)
-    unet = MultiStageUNet(cfg.model)
-    ema = EMA(unet, cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    options = {
+        "data.source": str(folder),
+        "process.resolution": RESOLUTION,
+        "train.batch_size": BATCH,
+        "train.threads": threads,
+    }
+    step = TrainingStep(train_config(preset, options), device="cpu")
     x = torch.rand(BATCH, 3, RESOLUTION, RESOLUTION) * 2 - 1
 
-    def step(i: int) -> torch.Tensor:
-        loss = diffusion_loss(process, unet, x, generator=torch.Generator().manual_seed(i)).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        ema.update(unet)
+    def one(i: int) -> torch.Tensor:
+        step(x)
         return x
 
-    step(-1)  # warm-up
-    return rate(step, steps), sum(p.numel() for p in unet.parameters())
+    one(-1)  # warm-up
+    return rate(one, steps), sum(p.numel() for p in step.unet.parameters())
 
 
 def measure(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -98,28 +87,24 @@ def measure(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
     shutil.rmtree(cache, ignore_errors=True)
     torch.set_num_threads(1)  # the data path runs in the training process
     start = time.perf_counter()
-    cached = datacache.open_cached(str(folder), RESOLUTION, 3, cache_dir=str(cache))
+    indexed = open_data(folder, RESOLUTION, channels=3, seed=0, hflip=True, cache_dir=cache)
     decode = args.images / (time.perf_counter() - start)
-    indexed = IndexedData(cached, seed=0, hflip=True)
     shards = work / "shards"
     shutil.rmtree(shards, ignore_errors=True)
-    pack_folder(folder, shards, shard_size=256, resolution=RESOLUTION)
-    stream = ShardStream(str(shards), RESOLUTION, 3, "auto", seed=0, hflip=True)
+    pack_shards(folder, shards, shard_size=256, resolution=RESOLUTION)
+    stream = open_data(shards, RESOLUTION, channels=3, seed=0, hflip=True)
     rows = [
         {"source": "folder, decode (cache build, once)", "images_per_s": decode},
         {
             "source": "folder, cache",
-            "images_per_s": rate(
-                lambda i: indexed.rank_batch(i * BATCH, BATCH, 0, 1), args.batches
-            ),
+            "images_per_s": rate(lambda i: indexed.batch(i * BATCH, BATCH), args.batches),
         },
         {
             "source": "shards",
-            "images_per_s": rate(lambda i: stream.take(i * BATCH, BATCH), args.batches),
+            "images_per_s": rate(lambda i: stream.batch(i * BATCH, BATCH), args.batches),
         },
     ]
-    torch.set_num_threads(args.threads)
-    train, params = train_rate(folder, args.preset, args.steps)
+    train, params = train_rate(folder, args.preset, args.steps, args.threads)
     step_s = BATCH / train
     for row in rows:
         data_s = BATCH / row["images_per_s"]

@@ -19,7 +19,7 @@ warm-up with inv_gamma 1, power 3/4), 1,000 training timesteps, MSE against the 
 target, the EMA weights for sampling. Differences, so both benchmarks see the same budget and
 data: training stops after ``--minutes`` of wall-clock (the cosine decay runs over that time
 after the warm-up, instead of over a number of epochs), and the images are the ones `fdm train`
-reads (``fdm_cli.data``: 28 -> 32 zero-padded, [-1, 1], seeded order and flips) at batch 64.
+reads (`fdm_cli.open_data`: 28 -> 32 zero-padded, [-1, 1], seeded order and flips) at batch 64.
 
 Recipes (``--recipes``):
 
@@ -34,10 +34,9 @@ second-lowest level (8 px), the place the example's 6-level model has it. The ex
 model (128..512 channels, 6 levels, for 64 px) is far too large for a CPU budget.
 
 Sampling: ``DDIMScheduler.from_config`` of the training scheduler, ``--steps`` steps, eta 0,
-image i from noise seeded ``seed + i``. FID/KID: `fdm_cli.fid` exactly as
-`fdm_cli.evaluate.evaluate_model` uses it (Inception-v3 pool3 features, both sets centre-cropped
-28 x 28 when the data was zero-padded, against the first ``--num`` images of the Fashion-MNIST
-test split).
+image i from noise seeded ``seed + i``. FID/KID: `fdm_cli.evaluate_images`, the scoring
+`fdm_cli.evaluate` uses (Inception-v3 pool3 features, both sets centre-cropped 28 x 28 when the
+data was zero-padded, against the first ``--num`` images of the Fashion-MNIST test split).
 
 Cost at the defaults on 2 CPU cores, 1 thread (measured on a busy machine): a training step of
 the 6.3 M model at batch 64 takes about 3 s (some 300 steps in 15 minutes, so the example's
@@ -78,9 +77,7 @@ from common import (
     write_json,
 )
 
-from fdm_cli import fid
-from fdm_cli.data import DataOrder, load_dataset
-from fdm_cli.images import make_grid, save_png
+from fdm_cli import evaluate_images, load_fid_network, make_grid, open_data, train_config
 
 REF, REF_SPLIT, RESOLUTION = "fashion-mnist", "test", 32
 QUICK = {
@@ -161,8 +158,10 @@ def train(name: str, recipe: Recipe, args: argparse.Namespace, run_dir: Path) ->
     from diffusers.training_utils import EMAModel
 
     t_wall = time.monotonic()
-    dataset = load_dataset(str(args.data), RESOLUTION, 1, "auto")
-    order = DataOrder(len(dataset), args.seed, hflip=True)  # RandomHorizontalFlip
+    # fdm train's seeded order, with random flips (RandomHorizontalFlip), in memory
+    dataset = open_data(
+        args.data, RESOLUTION, channels=1, seed=args.seed, hflip=True, in_memory=True
+    )
     torch.manual_seed(args.seed)
     model = build_unet(args)
     scheduler = train_scheduler(recipe)
@@ -192,8 +191,7 @@ def train(name: str, recipe: Recipe, args: argparse.Namespace, run_dir: Path) ->
         lr = learning_rate(recipe, step, elapsed, warm_s, budget)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        idx, flip = order.take(step * args.batch, args.batch)
-        clean = dataset.batch(idx, flip)
+        clean = dataset.batch(step * args.batch, args.batch)
         noise = torch.randn_like(clean)
         t = torch.randint(0, recipe.train_timesteps, (len(clean),)).long()
         noisy = scheduler.add_noise(clean, noise, t)
@@ -263,46 +261,38 @@ def generate(model: torch.nn.Module, train_config: Any, args: argparse.Namespace
 def evaluate(
     run_dir: Path, args: argparse.Namespace, network: Any
 ) -> tuple[dict[str, Any], torch.Tensor]:
-    """Sample from the saved EMA UNet and score against the reference like `evaluate_model`;
-    returns the metrics and the images."""
+    """Sample from the saved EMA UNet and score against the reference as `fdm_cli.evaluate`
+    does (`fdm_cli.evaluate_images`); returns the metrics and the images."""
     from diffusers import UNet2DModel
 
     model = UNet2DModel.from_pretrained(run_dir / "unet", low_cpu_mem_usage=False).eval()
     config = json.loads((run_dir / "scheduler" / "scheduler_config.json").read_text())
-    crop = fid.padded_crop(fid.resolve_source(REF, REF_SPLIT), RESOLUTION)
-    ref = fid.reference_stats(
-        REF,
-        args.num,
-        RESOLUTION,
-        REF_SPLIT,
-        network,
-        None,
-        crop,
-        channels=1,
-        batch_size=args.eval_batch,
-        progress=args.progress,
-    )
     start = time.perf_counter()
     x = generate(model, config, args)
     sample_s = time.perf_counter() - start
-    stats = fid.FeatureStats.from_features(
-        fid.fid_features(x, network, args.eval_batch, crop, args.progress)
+    scores = evaluate_images(
+        x,
+        ref=REF,
+        ref_split=REF_SPLIT,
+        batch_size=args.eval_batch,
+        device="cpu",
+        progress=args.progress,
+        network=network,
     )
-    kid, kid_std = fid.kernel_inception_distance(stats.features, ref.features)
     return {
-        "fid": fid.frechet_distance(stats, ref),
-        "kid": kid,
-        "kid_std": kid_std,
+        "fid": scores["fid"],
+        "kid": scores["kid"],
+        "kid_std": scores["kid_std"],
         "num": args.num,
         "sample_steps": args.steps,
         "eta": 0.0,
         "seed": 0,
         "ref": REF,
         "ref_split": REF_SPLIT,
-        "crop": crop,
+        "crop": scores["crop"],
         "sample_s": sample_s,
         "sample_s_per_image": sample_s / args.num,
-        "network_sha256": fid.network_digest(network),
+        "network_sha256": scores["network_sha256"],
     }, x
 
 
@@ -329,7 +319,7 @@ def run_recipe(
     print(f"{name}: FID@{args.num} with {args.steps} DDIM steps", flush=True)
     metrics, images = evaluate(run_dir, args, network)
     grid = json_path.parent / f"{json_path.stem}-{name}-grid.png"
-    save_png(make_grid(images[: args.grid]), grid)
+    make_grid(images[: args.grid]).save(grid)
     keep = ("fid", "kid", "kid_std", "sample_s_per_image")
     record = {
         **trained,
@@ -343,10 +333,9 @@ def run_recipe(
 
 def fdm_default_params() -> int:
     """Parameters of the f-DM presets' default UNet (fdm-ds), for comparison."""
-    from fdm_cli.config import resolve_train_config
     from fdm_models import MultiStageUNet
 
-    return param_count(MultiStageUNet(resolve_train_config(preset="fdm-ds").model))
+    return param_count(MultiStageUNet(train_config("fdm-ds").model))
 
 
 def main() -> None:
@@ -380,7 +369,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     info = machine_info(args.threads)
-    network = fid.load_fid_network()
+    network = load_fid_network()
     results = []
     for name in args.recipes:
         results.append(run_recipe(name, args, json_path, network))

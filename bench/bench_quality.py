@@ -13,19 +13,18 @@ Run from the repository root:
 Models (``--models``): ddpm, fdm-ds, fdm-blur-g, fdm-blur-u, fdm-vae and ldm (only with
 ``--autoencoder DIR``), fdm-ds-gamma0 (``--set process.gamma=0``) and fdm-ds-no-interp
 (``--set process.interpolation=false``). Each is trained in this process through
-`fdm_cli.config.resolve_train_config` + `fdm_cli.train.run_training`, exactly as ``fdm train
---preset P --minutes M --batch-size B --device cpu --threads T --data D`` would, into
+`fdm_cli.train_config` + `fdm_cli.train`, exactly as ``fdm train --preset P --minutes M
+--batch-size B --device cpu --threads T --data D`` would, into
 ``--out``/<model> (default ``bench/results/quality/<model>``), with two changes: periodic
 checkpoints (and their sample grids, which would eat into the time budget, more for the slower
 samplers) are off, and the final grid is sampled with ``--steps``. The presets' default UNet,
 AdamW settings, EMA and batch 64 are shared by all models; ``--set key=value`` applies to all.
 
 Data: ``--data`` (default ``../shared/data/fashion-mnist`` relative to the repository root: a
-folder of IDX files whose ``train-`` split, 60,000 images, `fdm_cli.data` picks; 28 -> 32 px
-zero-padded). Evaluation: `fdm_cli.evaluate.evaluate_model` on the model's EMA weights, ``--num``
-samples with ``--steps`` DDIM steps (eta 0, seeds 0..N-1), FID and KID against the Fashion-MNIST
-test split (Inception-v3 pool3 features; two disjoint real sets of 2,000 score about 12.3, the
-floor at N = 2000).
+folder of IDX files whose ``train-`` split, 60,000 images, fdm picks; 28 -> 32 px zero-padded).
+Evaluation: `fdm_cli.evaluate` on the model's EMA weights, ``--num`` samples with ``--steps``
+DDIM steps (eta 0, seeds 0..N-1), FID and KID against the Fashion-MNIST test split (Inception-v3
+pool3 features; two disjoint real sets of 2,000 score about 12.3, the floor at N = 2000).
 
 Resumable at model granularity: a model whose ``result.json`` exists is not trained or evaluated
 again (``--force`` starts it over); a trained model (``train.json``) is only evaluated; an
@@ -73,10 +72,7 @@ from common import (
 )
 from plots import bar_chart
 
-from fdm_cli import checkpointing as ckpt
-from fdm_cli.config import resolve_train_config
-from fdm_cli.errors import UserError
-from fdm_cli.train import run_training
+from fdm_cli import UserError, evaluate, train, train_config
 
 AUTOENCODER = "process.autoencoder={}"
 MODELS: dict[str, tuple[str, list[str], str]] = {
@@ -139,9 +135,9 @@ def train_model(name: str, args: argparse.Namespace, run_dir: Path) -> dict[str,
         "sample.steps": args.steps,
         "sample.num": args.grid,
     }
-    cfg = resolve_train_config(preset=preset, flags=flags, overrides=overrides)
-    resume = ckpt.latest_checkpoint(run_dir) is not None
-    result = run_training(cfg, run_dir, resume=resume, show_progress=args.progress)
+    cfg = train_config(preset, flags, sets=overrides)
+    resume = any((run_dir / "checkpoints").glob("step-*.safetensors"))  # continue it
+    result = train(cfg, run_dir, resume=resume, progress=args.progress)
     if result.interrupted:
         sys.exit(f"{name}: training interrupted at step {result.step}; rerun to continue it")
     train_s, last_loss = loss_csv_summary(run_dir)
@@ -160,10 +156,8 @@ def train_model(name: str, args: argparse.Namespace, run_dir: Path) -> dict[str,
     }
 
 
-def evaluate(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from fdm_cli.evaluate import evaluate_model
-
-    return evaluate_model(
+def evaluate_model(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    return evaluate(
         model_dir,
         args.num,
         steps=args.steps,
@@ -182,7 +176,7 @@ def copy_images(run_dir: Path, name: str, json_path: Path) -> dict[str, str]:
     """Copy the final grid and stage strip next to the JSON; returns their new paths."""
     out = {}
     for kind, file in (("grid", "final.png"), ("strip", "final-strip.png")):
-        source = run_dir / ckpt.SAMPLES / file
+        source = run_dir / "samples" / file
         if source.is_file():
             target = json_path.parent / f"{json_path.stem}-{name}-{kind}.png"
             shutil.copyfile(source, target)
@@ -238,7 +232,7 @@ def eval_phase(trained: dict[str, Any], args: argparse.Namespace, json_path: Pat
     print(f"{name}: FID@{args.num} with {args.steps} DDIM steps", flush=True)
     start = time.monotonic()
     try:
-        metrics = evaluate(run_dir / ckpt.MODEL_DIR, args)
+        metrics = evaluate_model(run_dir / "model", args)
     except ImportError as exc:
         record["eval_error"] = f"fdm_cli.evaluate is not available: {exc}"
         print(f"{name}: NOT EVALUATED: {record['eval_error']}", flush=True)

@@ -47,7 +47,7 @@ from common import (
 )
 from plots import bar_chart
 
-from fdm_cli.config import resolve_train_config
+from fdm_cli import train_config
 from fdm_core import FDMProcess, SamplerConfig, StageNoise, sample
 from fdm_models import MultiStageUNet
 
@@ -67,7 +67,7 @@ class Counting(torch.nn.Module):
 
 def build(preset: str, autoencoder: str | None) -> tuple[FDMProcess, MultiStageUNet]:
     overrides = [f"process.autoencoder={autoencoder}"] if preset in LATENT_PRESETS else []
-    cfg = resolve_train_config(preset=preset, overrides=overrides)
+    cfg = train_config(preset, sets=overrides)
     torch.manual_seed(0)
     return FDMProcess(cfg.process), MultiStageUNet(cfg.model).eval()
 

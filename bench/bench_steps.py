@@ -10,8 +10,8 @@ Run from the repository root after bench_quality.py, whose trained models it reu
     python bench/bench_steps.py --quick            # bench_quality --quick's models: FID@64,
                                                    # 10 and 5 steps
 
-FID: `fdm_cli.evaluate.evaluate_model` on ``<runs>/<model>/model`` with bench_quality's seeds,
-batch and reference (the Fashion-MNIST test split), once per step count; the value at
+FID: `fdm_cli.evaluate` on ``<runs>/<model>/model`` with bench_quality's seeds, batch and
+reference (the Fashion-MNIST test split), once per step count; the value at
 ``--base-steps`` is read from bench_quality's ``result.json`` when its N and steps match. Each
 FID is kept in ``<runs>/<model>/steps-<S>-<N>.json``, so an interrupted run continues.
 
@@ -43,9 +43,7 @@ from common import (
     write_json,
 )
 
-from fdm_cli import checkpointing as ckpt
-from fdm_cli.evaluate import evaluate_model
-from fdm_cli.sample import LoadedModel, load_model
+from fdm_cli import LoadedModel, evaluate, load_model
 from fdm_core import SamplerConfig, StageNoise, sample
 
 QUICK = {
@@ -69,8 +67,8 @@ def fid_at(run_dir: Path, steps: int, args: argparse.Namespace) -> dict[str, Any
         if record.get("steps") == steps and record.get("num") == args.num:
             return record
     print(f"{run_dir.name}: FID@{args.num} with {steps} DDIM steps", flush=True)
-    metrics = evaluate_model(
-        run_dir / ckpt.MODEL_DIR,
+    metrics = evaluate(
+        run_dir / "model",
         args.num,
         steps=steps,
         eta=0.0,
@@ -124,13 +122,13 @@ def main() -> None:
     steps = sorted(set(args.steps) | {args.base_steps}, reverse=True)
     dirs = {name: args.runs / name for name in (args.model, args.baseline)}
     for run_dir in dirs.values():
-        if not (run_dir / ckpt.MODEL_DIR).is_dir():
-            parser.error(f"{run_dir / ckpt.MODEL_DIR} does not exist: run bench_quality.py first")
+        if not (run_dir / "model").is_dir():
+            parser.error(f"{run_dir / 'model'} does not exist: run bench_quality.py first")
     torch.set_num_threads(args.threads)
 
     info = machine_info(args.threads)
     fids = {s: fid_at(dirs[args.model], s, args) for s in steps}
-    models = {name: load_model(run_dir) for name, run_dir in dirs.items()}
+    models = {name: load_model(run_dir, device="cpu") for name, run_dir in dirs.items()}
     runs = [(args.baseline, args.base_steps)] + [(args.model, s) for s in steps]
     speed = seconds_per_image(models, runs, args)
 

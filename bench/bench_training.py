@@ -10,24 +10,25 @@ Run from the repository root:
     python bench/bench_training.py --threading-only    # the threading table only (~10 min)
     python bench/bench_training.py --quick             # batch 16, 2-step windows, 2 s threading
 
-Preset table: every preset gets the presets' default UNet and optimizer (AdamW, the config's lr
-and betas, gradient clipping, EMA update), and each iteration is what `fdm_cli.train.train_step`
-does: a batch of the embedded Fashion-MNIST (32x32, random flips, as `fdm train` reads it), one
-`diffusion_loss` forward, backward, clip, AdamW step, EMA update. The presets are timed side by
-side: each repeat times one window of steps of every preset in turn (the starting preset
-rotates); the median window is reported, in images per second, with the speed-up against ddpm.
+Preset table: every preset gets the presets' default UNet and optimizer (`fdm_cli.TrainingStep`:
+fused AdamW, the config's lr and betas, gradient clipping, EMA update), and each iteration is
+what `fdm train`'s step does: a batch of the embedded Fashion-MNIST (32x32, random flips, as
+`fdm train` reads it, `fdm_cli.open_data`), one `diffusion_loss` forward, backward, clip, AdamW
+step, EMA update. The presets are timed side by side: each repeat times one window of steps of
+every preset in turn (the starting preset rotates); the median window is reported, in images
+per second, with the speed-up against ddpm.
 This part runs in this process with ``--threads`` torch threads (default 1).
 
 Threading section: the fdm-ds step (batch as above) in a fresh subprocess per configuration,
 since OMP_WAIT_POLICY must be set before torch is imported: (a) torch's default thread count,
 (b) the default count with OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning at
-barriers), (c) 1 thread, (d) what ``fdm train`` does by default: no count pinned, so
-`fdm_cli.threads.ThreadTuner` starts with every core and adapts the count while it runs. Each is
-measured alone and with one competing busy process: a second subprocess running the same fdm-ds
-training loop with 1 thread (so it holds one core), started first and busy before the measured
-window begins. Steps/s over a ``--threading-seconds`` window (default 60 s, long enough for (d)'s
-first probes to be amortised as in a real run, short enough that (d) still pays them) after
-warm-up; the competitor's own rate over the same period is shown too.
+barriers), (c) 1 thread, (d) what ``fdm train`` does by default: no count pinned, so its
+thread tuner (`fdm_cli.runtime.threads`) starts with every core and adapts the count while it
+runs. Each is measured alone and with one competing busy process: a second subprocess running
+the same fdm-ds training loop with 1 thread (so it holds one core), started first and busy
+before the measured window begins. Steps/s over a ``--threading-seconds`` window (default
+60 s, long enough for (d)'s first probes to be amortised as in a real run, short enough that
+(d) still pays them) after warm-up; the competitor's own rate over the same period is shown too.
 
 Results are printed as Markdown tables and written to ``bench/results/bench_training.json``
 (``--json PATH``; ``bench_training-quick.json`` for --quick).
@@ -59,38 +60,41 @@ from common import (
     save_results,
 )
 
-from fdm_cli.config import resolve_train_config
-from fdm_cli.data import DataOrder, ImageDataset, load_dataset
-from fdm_cli.run import make_optimizer
-from fdm_cli.threads import available_cores, configure_threads
-from fdm_core import FDMProcess, diffusion_loss
-from fdm_models import EMA, MultiStageUNet
+from fdm_cli import DataStream, TrainingStep, open_data, train_config
+from fdm_core import diffusion_loss
 
 THREAD_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class Trainer:
-    """One preset's model, optimizer and data stream; `step()` is one training iteration."""
+    """One preset's model, optimizer and data stream; `step()` is one training iteration.
+
+    The pieces are `fdm train`'s (`fdm_cli.TrainingStep`); `threads` pins torch's CPU thread
+    count, None adapts it to the load as `fdm train` does (`self.threads` is that tuner)."""
 
     def __init__(
-        self, preset: str, dataset: ImageDataset, batch: int, autoencoder: str | None = None
+        self,
+        preset: str,
+        data: DataStream,
+        batch: int,
+        autoencoder: str | None = None,
+        *,
+        threads: int | None,
     ) -> None:
-        overrides = [f"process.autoencoder={autoencoder}"] if preset in LATENT_PRESETS else []
-        cfg = resolve_train_config(preset=preset, overrides=overrides)
-        self.process = FDMProcess(cfg.process)
-        torch.manual_seed(0)
-        self.unet = MultiStageUNet(cfg.model)
-        self.ema = EMA(self.unet, cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup)
-        self.optimizer = make_optimizer(self.unet, cfg.optim, torch.device("cpu"))
-        self.clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-        self.dataset, self.batch = dataset, batch
-        self.order = DataOrder(len(dataset), 0, hflip=cfg.data.hflip)
+        sets = [f"process.autoencoder={autoencoder}"] if preset in LATENT_PRESETS else []
+        options = {"train.batch_size": batch, "train.threads": threads}
+        pieces = TrainingStep(train_config(preset, options, sets=sets), device="cpu")
+        self.process, self.unet, self.ema = pieces.process, pieces.unet, pieces.ema
+        self.optimizer, self.threads = pieces.optimizer, pieces.threads
+        clip = pieces.config.optim.grad_clip
+        self.clip = clip if clip > 0 else math.inf
+        self.data, self.batch = data, batch
         self.steps = 0
         self.network = self.unet  # what diffusion_loss calls (bench_launch.py swaps in others)
 
     def batch_and_generator(self) -> tuple[torch.Tensor, torch.Generator]:
-        idx, flip = self.order.take(self.steps * self.batch, self.batch)
-        return self.dataset.batch(idx, flip), torch.Generator().manual_seed(self.steps)
+        x = self.data.batch(self.steps * self.batch, self.batch)
+        return x, torch.Generator().manual_seed(self.steps)
 
     def update(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Loss, backward, clip, AdamW, EMA: the step with nothing read back; returns the loss."""
@@ -108,8 +112,9 @@ class Trainer:
         return float(self.update(*self.batch_and_generator()))
 
 
-def load_data() -> ImageDataset:
-    return load_dataset("fashion-mnist", 32, 1, "auto")
+def load_data() -> DataStream:
+    """The embedded Fashion-MNIST at 32x32 in `fdm train`'s seeded order, with random flips."""
+    return open_data("fashion-mnist", 32, channels=1, seed=0, hflip=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,8 +122,10 @@ def load_data() -> ImageDataset:
 
 
 def preset_table(args: argparse.Namespace, presets: list[str]) -> list[dict[str, Any]]:
-    dataset = load_data()
-    trainers = {name: Trainer(name, dataset, args.batch, args.autoencoder) for name in presets}
+    data, threads = load_data(), args.threads
+    trainers = {
+        name: Trainer(name, data, args.batch, args.autoencoder, threads=threads) for name in presets
+    }
     for trainer in trainers.values():
         for _ in range(args.warmup):
             trainer.step()
@@ -155,11 +162,11 @@ def preset_table(args: argparse.Namespace, presets: list[str]) -> list[dict[str,
 def worker(args: argparse.Namespace) -> None:
     """A subprocess: fdm-ds training steps; prints one JSON line (and 'ready' if competing)."""
     # fdm train's own thread handling: pinned to --worker-threads, or (0) adapted to the load
-    tuner = configure_threads(args.worker_threads or None)
-    torch.set_flush_denormal(True)  # as fdm_cli.train does on CPU
+    trainer = Trainer("fdm-ds", load_data(), args.batch, threads=args.worker_threads or None)
+    tuner = trainer.threads
+    torch.set_flush_denormal(True)  # as fdm train does on CPU
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-    trainer = Trainer("fdm-ds", load_data(), args.batch)
     for _ in range(args.warmup):
         trainer.step()
     if args.worker_seconds == 0:  # a competitor: busy until terminated
@@ -234,12 +241,12 @@ def measure(
 
 
 def threading_section(args: argparse.Namespace) -> list[dict[str, Any]]:
-    cores = available_cores()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     configs = [
         ("(a) torch default threads", {}, cores),
         ("(b) default threads, OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}, cores),
         ("(c) 1 thread", {}, 1),
-        ("(d) fdm's default: adapted to the load (fdm_cli.threads)", {}, 0),
+        ("(d) fdm's default: adapted to the load (fdm_cli.runtime.threads)", {}, 0),
     ]
     results = []
     for label, extra, threads in configs:
@@ -281,7 +288,7 @@ def main() -> None:
         worker(args)
         return
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # as fdm_cli.train does on CPU
+    torch.set_flush_denormal(True)  # as fdm train does on CPU
     presets = choose_presets(parser, args.presets, args.autoencoder)
 
     info = machine_info(args.threads)

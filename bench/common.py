@@ -22,13 +22,12 @@ LATENT_PRESETS = ["fdm-vae", "ldm"]  # need --autoencoder DIR
 
 def check_train_data(parser: argparse.ArgumentParser, data: Path) -> None:
     """A usage error unless --data exists or names the embedded data set."""
-    from fdm_cli.data import EMBEDDED
-
-    if str(data) != EMBEDDED and not Path(data).exists():
+    embedded = "fashion-mnist"  # the data set embedded in fdm-cli (its t10k split)
+    if str(data) != embedded and not Path(data).exists():
         parser.error(
             f"--data {data} does not exist: give the Fashion-MNIST IDX folder (train split "
             "preferred; Debian's dataset-fashion-mnist package installs one), or --data "
-            f"{EMBEDDED} for the embedded 10,000-image test split (then FID is measured against "
+            f"{embedded} for the embedded 10,000-image test split (then FID is measured against "
             "the training images)"
         )
 

@@ -162,7 +162,7 @@ MUTANTS = {
     ),
     "shard-resume-not-skipped": Mutant(
         "a resumed shard stream restarts at its first sample instead of the saved position",
-        "fdm_cli.shards",
+        "fdm_cli.data.shards",
         "ShardStream.take",
         "self._it = self._stream(local_position)",
         "self._it = self._stream(0)",
@@ -170,7 +170,7 @@ MUTANTS = {
     ),
     "shard-replacement-consumes-the-next-image": Mutant(
         "an undecodable shard image is replaced by the next one, which then loses its own slot",
-        "fdm_cli.shards",
+        "fdm_cli.data.shards",
         "ShardStream._next_decodable",
         "data, ahead_label, _ = self._ahead[i]",
         "data, ahead_label, _ = self._ahead.popleft()",
@@ -178,7 +178,7 @@ MUTANTS = {
     ),
     "ranks-read-the-same-shards": Mutant(
         "every DDP rank reads the first rank's share of the shards",
-        "fdm_cli.shards",
+        "fdm_cli.data.shards",
         "rank_shards",
         "[rank::world_size]",
         "[0::world_size]",
@@ -186,7 +186,7 @@ MUTANTS = {
     ),
     "cache-reads-the-wrong-image": Mutant(
         "the decoded cache reads image i ^ 1 for index i",
-        "fdm_cli.datacache",
+        "fdm_cli.data.cache",
         "CachedImages.read",
         "HEADER_BYTES + i * self.item_bytes",
         "HEADER_BYTES + (i ^ 1) * self.item_bytes",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from fdm_cli.config import resolve_train_config
-from fdm_cli.train import run_training
+from fdm_cli.config.train import resolve_train_config
+from fdm_cli.training.loop import run_training
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ def main() -> None:
 
     sys.addaudithook(audit)
 
-    import fdm_cli.train as train
+    import fdm_cli.training.loop as train
 
     original = train.run_training
     trained: dict[str, Any] = {}

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from fdm_cli.losslog import read_loss_csv
+from fdm_cli.artifacts.losslog import read_loss_csv
 
 from .test_multinode import RUN_FILES
 
@@ -42,7 +42,7 @@ def test_two_ranks_train_identical_weights_and_write_once(tmp_path: Path) -> Non
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     # the run really trained: weights moved away from the seeded initialisation
-    from fdm_cli.sample import load_model
+    from fdm_cli.generation.sampling import load_model
 
     raw = load_model(run_dir, ema=False).unet.state_dict()
     assert all(torch.equal(raw[k], rank0[k]) for k in rank0)

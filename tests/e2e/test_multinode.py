@@ -34,14 +34,14 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from fdm_cli.app import app
-from fdm_cli.config import resolve_train_config
-from fdm_cli.distributed import DistContext, init_distributed
+from fdm_cli.artifacts.losslog import read_loss_csv
+from fdm_cli.cli.app import app
+from fdm_cli.config.train import resolve_train_config
 from fdm_cli.errors import UserError
-from fdm_cli.losslog import read_loss_csv
-from fdm_cli.run import setup
-from fdm_cli.sample import load_model
-from fdm_cli.train import learning_rate
+from fdm_cli.generation.sampling import load_model
+from fdm_cli.runtime.distributed import DistContext, init_distributed
+from fdm_cli.training.setup import setup
+from fdm_cli.training.trainer import learning_rate
 
 WORKER = Path(__file__).with_name("multinode_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}

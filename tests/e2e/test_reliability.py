@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fdm_cli import checkpointing as ckpt
+from fdm_cli.artifacts import checkpoints as ckpt
 
 from .test_cli_subprocess import TINY, fdm_command, run
 

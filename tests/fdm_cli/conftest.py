@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fdm_cli.app import app
+from fdm_cli.cli.app import app
 
 # A UNet of ~0.08M parameters, a handful of steps and a 4-image sample grid: seconds, not minutes.
 TINY = (

@@ -253,7 +253,7 @@ def test_restore_user_errors(
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from fdm_cli.app import app
+    from fdm_cli.cli.app import app
     from fdm_cli.errors import UserError
 
     result = CliRunner().invoke(app, ["--debug", "train", "--set", "process.gamma", "--dry-run"])

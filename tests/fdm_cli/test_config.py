@@ -8,7 +8,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from fdm_cli.config import (
+from fdm_cli.config.presets import PRESETS
+from fdm_cli.config.train import (
     TrainConfig,
     apply_override,
     build_layers,
@@ -17,7 +18,6 @@ from fdm_cli.config import (
     resolve_train_config,
 )
 from fdm_cli.errors import UserError
-from fdm_cli.presets import PRESETS
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_a_budget_flag_replaces_the_other_budget(tmp_path: Path) -> None:
     assert timed.train.minutes == 2.0 and timed.train.max_steps is None
     both = resolve_train_config(flags={"train.minutes": 2.0}, overrides=["train.max_steps=9"])
     assert both.train.minutes == 2.0 and both.train.max_steps == 9  # --set comes last
-    with pytest.raises(UserError, match="--max-steps and --minutes are alternatives"):
+    with pytest.raises(UserError, match="`max_steps` and `minutes` are alternatives"):
         resolve_train_config(flags={"train.max_steps": 9, "train.minutes": 2.0})
 
 

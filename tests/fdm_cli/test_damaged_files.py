@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from fdm_cli import checkpointing as ckpt
+from fdm_cli.artifacts import checkpoints as ckpt
 from fdm_core.checkpoint import CONFIG_KEY, STATE_KEY, with_digest
 
 from .conftest import refused

@@ -12,13 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fdm_cli.data import (
-    DataOrder,
-    fit_to_resolution,
-    load_dataset,
-    probe_channels,
-    read_idx,
-)
+from fdm_cli.data.dataset import DataOrder, load_dataset, probe_channels, read_idx
+from fdm_cli.data.images import fit_to_resolution
 from fdm_cli.errors import UserError
 
 from .conftest import png_header_only
@@ -198,7 +193,7 @@ def test_unreadable_images_are_skipped_with_one_warning(
 ) -> None:
     """Catches one bad file aborting the whole load (the issue), and a skip that is silent."""
     folder = photo_folder(tmp_path / "photos")
-    with caplog.at_level("WARNING", logger="fdm_cli.data"):
+    with caplog.at_level("WARNING", logger="fdm_cli.data.dataset"):
         dataset = load_dataset(str(folder), 32)
     assert len(dataset) == 6 and dataset.channels == 3 and dataset.resolution == 32
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]

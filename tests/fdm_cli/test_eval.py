@@ -1,4 +1,5 @@
-"""`fdm eval` and `fdm_cli.fid`: FID/KID formulas, preprocessing, the reference cache, the CLI.
+"""`fdm eval` and `fdm_cli.evaluation.fid`: FID/KID formulas, preprocessing, the reference cache,
+the CLI.
 
 A tiny stand-in TorchScript network (pooled pixels through a fixed random projection) replaces
 the 87 MB Inception network everywhere: it is saved to a temporary file and named by
@@ -16,8 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fdm_cli import fid, metrics
-from fdm_cli.data import EMBEDDED, fit_to_resolution, load_dataset
+from fdm_cli.data.dataset import EMBEDDED, load_dataset
+from fdm_cli.data.images import fit_to_resolution
+from fdm_cli.evaluation import fid, metrics
 
 FEATURES = 12
 

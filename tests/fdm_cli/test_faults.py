@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import torch
 
-from fdm_cli import checkpointing as ckpt
-from fdm_cli.config import NONFINITE_LIMIT
+from fdm_cli.artifacts import checkpoints as ckpt
+from fdm_cli.artifacts.losslog import read_loss_csv
+from fdm_cli.config.base import NONFINITE_LIMIT
 from fdm_cli.errors import UserError
-from fdm_cli.losslog import read_loss_csv
-from fdm_cli.nonfinite import NonfiniteGuard
+from fdm_cli.training.nonfinite import NonfiniteGuard
 
 from .conftest import refused, stopped
 
@@ -84,7 +84,7 @@ def test_a_second_signal_stops_at_once() -> None:
     import os
     import signal
 
-    from fdm_cli.progress import graceful_stop
+    from fdm_cli.runtime.signals import graceful_stop
 
     with graceful_stop() as flag:
         os.kill(os.getpid(), signal.SIGINT)
@@ -122,7 +122,8 @@ def test_a_full_disk_while_saving_keeps_the_last_good_checkpoint(
 
 
 # ---------------------------------------------------------------------------------------------
-# train.nonfinite=skip: a NaN batch is dropped instead of stopping the run (fdm_cli.nonfinite)
+# train.nonfinite=skip: a NaN batch is dropped instead of stopping the run
+# (fdm_cli.training.nonfinite)
 
 
 def _copy(state: Any) -> Any:
@@ -144,7 +145,7 @@ def _poison(monkeypatch: pytest.MonkeyPatch, bad: Callable[[int], bool]) -> dict
     """`fdm train`'s loss is NaN at the calls (batches, 1-based) where `bad(n)`; returns the
     weights, EMA and optimizer state as each batch starts, by batch number."""
     import fdm_core.loss as loss_module
-    from fdm_cli import train as train_module
+    from fdm_cli.training import loop as train_module
 
     real_loss, real_setup, runs, seen = loss_module.stage_loss, train_module.setup, [], {}
 
@@ -168,7 +169,7 @@ def _skip_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "fdm_cli.nonfinite" and r.levelname == "WARNING"
+        if r.name == "fdm_cli.training.nonfinite" and r.levelname == "WARNING"
     ]
 
 
@@ -182,7 +183,7 @@ def test_skip_drops_a_nan_batch_with_no_update_and_finishes_the_budget(
     seen = _poison(monkeypatch, lambda n: n == 3)
     run_dir = tmp_path / "run"
     args = ["train", "--out", run_dir, "--max-steps", "5", "--set", "train.nonfinite=skip"]
-    with caplog.at_level("WARNING", logger="fdm_cli.nonfinite"):
+    with caplog.at_level("WARNING", logger="fdm_cli.training.nonfinite"):
         result = cli(*args, *tiny)
     assert result.exit_code == 0, result.output
     assert sorted(seen) == [1, 2, 3, 4, 5, 6] and "done: 5 steps" in result.output
@@ -207,7 +208,7 @@ def test_skip_stops_after_the_limit_of_nan_batches_in_a_row(
     seen = _poison(monkeypatch, lambda n: n >= 3)
     run_dir = tmp_path / "run"
     args = ["train", "--out", run_dir, "--max-steps", "100", "--set", "train.checkpoint_every=1"]
-    with caplog.at_level("WARNING", logger="fdm_cli.nonfinite"):
+    with caplog.at_level("WARNING", logger="fdm_cli.training.nonfinite"):
         result = cli(*args, "--set", "train.nonfinite=skip", *tiny)
     stopped(
         result,
@@ -242,7 +243,7 @@ def test_skip_decides_on_the_values_of_every_rank(
 ) -> None:
     """Under DDP a NaN on another rank must make this rank skip too (else the ranks' weights
     part): the decision reads the all-reduced loss and gradient norm, not this rank's."""
-    from fdm_cli import distributed as dist_
+    from fdm_cli.runtime import distributed as dist_
 
     other = torch.tensor([math.nan, 1.0], dtype=torch.float64)  # rank 1's loss, gradient norm
     monkeypatch.setattr(dist_, "sum_over_ranks", lambda ctx, values: values + other)
@@ -280,7 +281,7 @@ def test_autoencoder_training_skips_a_nan_batch_too(
     monkeypatch.setattr(Autoencoder, "loss", loss)
     run_dir = tmp_path / "ae"
     args = ["train-autoencoder", "--out", run_dir, "--max-steps", "4"]
-    with caplog.at_level("WARNING", logger="fdm_cli.nonfinite"):
+    with caplog.at_level("WARNING", logger="fdm_cli.training.nonfinite"):
         result = cli(*args, "--set", "train.nonfinite=skip", *TINY_AE)
     assert result.exit_code == 0, result.output
     assert len(seen) == 5 and _same(seen[3], seen[4]) and not _same(seen[2], seen[3])

@@ -13,7 +13,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from fdm_cli.config import TrainConfig, resolve_train_config  # noqa: E402
+from fdm_cli.config.train import TrainConfig, resolve_train_config  # noqa: E402
 from fdm_cli.errors import UserError  # noqa: E402
 
 # Real keys (so values reach the validators) and some that do not exist.

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fdm_cli import checkpointing as ckpt
+from fdm_cli.artifacts import checkpoints as ckpt
 
 from .conftest import refused
 

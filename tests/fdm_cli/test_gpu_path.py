@@ -16,13 +16,13 @@ from rich.console import Console
 from torch._dynamo.utils import counters
 
 import fdm_core.loss as loss_module
-from fdm_cli import checkpointing as ckpt
-from fdm_cli import steptime
-from fdm_cli.losslog import read_loss_csv
-from fdm_cli.progress import TrainProgress
-from fdm_cli.run import COMPILE_BACKEND_ENV, LossModule, Run
-from fdm_cli.steptime import PHASES, StepTimer
-from fdm_cli.train import run_training
+from fdm_cli.artifacts import checkpoints as ckpt
+from fdm_cli.artifacts.losslog import read_loss_csv
+from fdm_cli.training import steptime
+from fdm_cli.training.loop import run_training
+from fdm_cli.training.progress import TrainProgress
+from fdm_cli.training.setup import COMPILE_BACKEND_ENV, LossModule, Run
+from fdm_cli.training.steptime import PHASES, StepTimer
 from fdm_core import FDMProcess, load_state
 from fdm_models import EMA, MultiStageUNet, dot_product_attention
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fdm_cli import presets
-from fdm_cli.config import resolve_train_config
+from fdm_cli.config import presets
+from fdm_cli.config.train import resolve_train_config
 from fdm_cli.errors import UserError
 from fdm_models import MultiStageUNet
 

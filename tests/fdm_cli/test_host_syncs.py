@@ -1,5 +1,5 @@
 """A training step reads nothing back to the host: the statistics stay on the device until the
-log window is read (`fdm_cli.stepwindow`), so a GPU step can run ahead of the host.
+log window is read (`fdm_cli.training.stepwindow`), so a GPU step can run ahead of the host.
 
 On CPU every host read made from Python is counted (`fdm_core.HostReads`); on CUDA the same
 steps run under ``torch.cuda.set_sync_debug_mode("error")``, which also catches synchronising
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fdm_cli import train as train_module
-from fdm_cli.stepwindow import StepWindow
-from fdm_cli.train import run_training
+from fdm_cli.training import loop as train_module
+from fdm_cli.training.loop import run_training
+from fdm_cli.training.stepwindow import StepWindow
 from fdm_core import HostReads
 
 from .test_train import tiny_config

@@ -10,8 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from fdm_cli.images import grid_size, loss_curve, make_grid, save_png, stage_strip, to_uint8
-from fdm_cli.losslog import LossLog, read_loss_csv
+from fdm_cli.artifacts.losslog import LossLog, read_loss_csv
+from fdm_cli.artifacts.pictures import (
+    grid_size,
+    loss_curve,
+    make_grid,
+    save_png,
+    stage_strip,
+    to_uint8,
+)
 
 
 def test_to_uint8_maps_range() -> None:

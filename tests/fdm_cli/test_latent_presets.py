@@ -133,7 +133,7 @@ def test_a_missing_autoencoder_says_how_to_make_one(tmp_path, monkeypatch):
 def test_set_process_autoencoder_is_the_flag(tmp_path):
     """`--set process.autoencoder=DIR` (as the presets' docs say) points every autoencoder
     transform of the chain, or the latent of ldm, at DIR."""
-    from fdm_cli.config import resolve_train_config
+    from fdm_cli.config.train import resolve_train_config
 
     ae = make_autoencoder(tmp_path / "ae", seed=0)
     vae = resolve_train_config(None, "fdm-vae", overrides=[f"process.autoencoder={ae}"])

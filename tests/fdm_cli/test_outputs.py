@@ -1,5 +1,6 @@
 """No command overwrites a user's file unless asked (--overwrite), and none writes over one of its
-own inputs even then (fdm_cli.outputs). Every refusal is one line, exit 2, before any work."""
+own inputs even then (fdm_cli.artifacts.outputs). Every refusal is one line, exit 2, before any
+work."""
 
 from __future__ import annotations
 

@@ -28,12 +28,13 @@ import torch
 from braceexpand import braceexpand
 from PIL import Image
 
-from fdm_cli import datacache, fid, walk
-from fdm_cli.data import list_images
-from fdm_cli.data_cmd import MANIFEST
+from fdm_cli.data import MANIFEST, walk
+from fdm_cli.data import cache as datacache
+from fdm_cli.data.images import list_images
+from fdm_cli.data.shards import ShardStream, expand_shards
+from fdm_cli.data.tarsafe import _count_pattern
 from fdm_cli.errors import UserError
-from fdm_cli.shards import ShardStream, expand_shards
-from fdm_cli.tarsafe import _count_pattern
+from fdm_cli.evaluation import fid
 from fdm_core import load_tensors, save_tensors
 
 from .conftest import refused
@@ -130,7 +131,7 @@ def test_the_temporary_file_of_a_killed_cache_build_is_removed_by_the_next_build
     folder = make_folder(tmp_path / "imgs", 4, size=(16, 16))
     code = f"""
         import os, signal
-        from fdm_cli import datacache
+        from fdm_cli.data import cache as datacache
         rows = datacache._rows
         def dying(*args):
             for i, block in enumerate(rows(*args)):
@@ -165,13 +166,13 @@ def test_a_damaged_or_edited_cache_header_is_rebuilt_with_one_line(
         with path.open("r+b") as f:  # a JSON syntax error, then a changed character
             f.seek(at + 12)
             f.write(damage)
-        with caplog.at_level("WARNING", logger="fdm_cli.datacache"):
+        with caplog.at_level("WARNING", logger="fdm_cli.data.cache"):
             again = datacache.open_cached(str(folder), 16)
         lines = [r.getMessage() for r in caplog.records if "data cache" in r.getMessage()]
         assert len(lines) == 1 and phrase in lines[0] and "decoding the images again" in lines[0]
         assert torch.equal(again.read(torch.arange(3)), images)
         caplog.clear()
-    with caplog.at_level("WARNING", logger="fdm_cli.datacache"):
+    with caplog.at_level("WARNING", logger="fdm_cli.data.cache"):
         datacache.open_cached(str(folder), 16)  # rebuilt: used as is
     assert not caplog.records
 
@@ -194,7 +195,7 @@ def test_an_edited_fid_statistics_cache_is_computed_again_with_one_line(
     }
     for what, edited in edits.items():
         save_tensors(path, edited, config=key)
-        with caplog.at_level("WARNING", logger="fdm_cli.statscache"):
+        with caplog.at_level("WARNING", logger="fdm_cli.evaluation.statscache"):
             again = fid.reference_stats("fashion-mnist", 20, network=counting, crop=28)
         assert [r.getMessage() for r in caplog.records] == [
             f"FID reference statistics {path}: mu or sigma do not match the features stored "
@@ -205,7 +206,7 @@ def test_an_edited_fid_statistics_cache_is_computed_again_with_one_line(
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF  # a changed byte in the features
     path.write_bytes(bytes(data))
-    with caplog.at_level("WARNING", logger="fdm_cli.statscache"):
+    with caplog.at_level("WARNING", logger="fdm_cli.evaluation.statscache"):
         fid.reference_stats("fashion-mnist", 20, network=counting, crop=28)
     assert len(caplog.records) == 1 and "damaged" in caplog.records[0].getMessage()
     assert counting.seen == 80  # computed four times: first, two edits, the damaged byte
@@ -272,7 +273,7 @@ def test_tar_bombs_are_refused_under_a_memory_limit(
     if kind not in bombs:
         pytest.skip("GNU tar is needed to write a sparse member")
     done = under_memory_limit(f"""
-        from fdm_cli.shards import ShardStream
+        from fdm_cli.data.shards import ShardStream
         ShardStream({str(bombs[kind])!r}, 16, 1, "auto", 0, False).take(0, 2)
     """)
     assert done.returncode == 2 and phrase in done.stdout, done.stdout + done.stderr
@@ -297,7 +298,7 @@ def test_a_brace_bomb_is_counted_before_it_is_expanded(cli, tiny, tmp_path: Path
     pattern = str(tmp_path / "s-{0..9999999}.tar")
     done = under_memory_limit(
         f"""
-        from fdm_cli.shards import expand_shards
+        from fdm_cli.data.shards import expand_shards
         expand_shards({pattern!r})
     """,
         timeout=30,
@@ -342,7 +343,7 @@ def test_walking_root_or_a_home_folder_needs_the_opt_in(
             list_images(folder)
     monkeypatch.setenv("FDM_DATA_ANY_FOLDER", "1")
     monkeypatch.setattr(walk, "PROGRESS_SECONDS", 0.0)
-    with caplog.at_level("WARNING", logger="fdm_cli.walk"):
+    with caplog.at_level("WARNING", logger="fdm_cli.data.walk"):
         assert len(list_images(home)) == 2
     assert "still listing" in caplog.text and "file(s) in" in caplog.text
 
@@ -361,7 +362,7 @@ def test_a_symlink_loop_in_a_data_folder_is_skipped_and_counted(
     (folder / "sub").mkdir()
     (folder / "sub" / "a.png").symlink_to("b.png")
     (folder / "sub" / "b.png").symlink_to("a.png")
-    with caplog.at_level("WARNING", logger="fdm_cli.walk"):
+    with caplog.at_level("WARNING", logger="fdm_cli.data.walk"):
         assert len(datacache.open_cached(str(folder), 16)) == 3
     assert "skipped 3 symbolic link loop(s)" in caplog.text
 
@@ -420,7 +421,7 @@ def test_a_sample_without_an_image_is_skipped_and_counted(
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    with caplog.at_level("WARNING", logger="fdm_cli.shards"):
+    with caplog.at_level("WARNING", logger="fdm_cli.data.shards"):
         x = ShardStream(str(shard), 8, 1, "auto", seed=0, hflip=False).take(0, 9)
     assert {round((v + 1) * 127.5) for v in x[:, 0, 0, 0].tolist()} == {10, 30}
     assert len(caplog.records) == 1 and "0001 (holds json, no image)" in caplog.text

@@ -23,8 +23,8 @@ import yaml
 from packaging.requirements import Requirement
 from pydantic import BaseModel
 
-from fdm_cli.autoencoder_config import DEFAULTS
-from fdm_cli.configfile import (
+from fdm_cli.config.autoencoder import DEFAULTS
+from fdm_cli.config.files import (
     MAX_ALIASES,
     MAX_CONFIG_BYTES,
     ConfigLimitError,
@@ -32,7 +32,7 @@ from fdm_cli.configfile import (
     read_config_file,
 )
 from fdm_cli.errors import UserError
-from fdm_cli.evaluate import training_data
+from fdm_cli.evaluation.evaluate import training_data
 from fdm_core import AssetError, AssetPath, bundle_assets
 from fdm_core.assets import resolve_asset
 from fdm_models import Autoencoder, AutoencoderConfig, save_autoencoder
@@ -334,7 +334,7 @@ def alias_bomb() -> str:
 
 BOMBED = """
 import resource, sys
-from fdm_cli.app import app
+from fdm_cli.cli.app import app
 
 def mapped():
     for line in open("/proc/self/status"):
@@ -384,7 +384,7 @@ def test_a_yaml_alias_bomb_is_refused_under_a_memory_limit(tmp_path, where):
     ids=["aliases", "recursive", "nested", "large"],
 )
 def test_config_files_over_the_limits_are_refused_naming_the_file(tmp_path, text, why):
-    """Catches each limit of `fdm_cli.configfile` (alias count, a self-containing alias, a
+    """Catches each limit of `fdm_cli.config.files` (alias count, a self-containing alias, a
     RecursionError traceback, a file read whole whatever its size)."""
     path = tmp_path / "config.yaml"
     path.write_text(text)
@@ -439,14 +439,14 @@ def test_a_saved_cache_dir_is_not_where_a_resumed_run_writes(
 
     import yaml
 
-    from fdm_cli.configfile import saved_run_config
+    from fdm_cli.config.files import saved_run_config
 
     run = tmp_path / "run"
     shutil.copytree(ds_run, run)
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["data"]["cache_dir"] = str(tmp_path / "victim")
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    with caplog.at_level("WARNING", logger="fdm_cli.configfile"):
+    with caplog.at_level("WARNING", logger="fdm_cli.config.files"):
         saved = saved_run_config(run)
     assert saved is not None and saved["data"]["cache_dir"] is None
     assert "not using data.cache_dir" in caplog.text

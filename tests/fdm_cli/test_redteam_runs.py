@@ -1,4 +1,4 @@
-"""Issue 21, part C: one process per run folder (`fdm_cli.runlock`), and the CLI's late or
+"""Issue 21, part C: one process per run folder (`fdm_cli.artifacts.runlock`), and the CLI's late or
 silent cases: ``eval --num 0``, output paths that cannot be written (checked before any work),
 ``sample --steps`` under one step per stage. Every refusal is one line, exit 2, nothing written.
 
@@ -22,13 +22,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fdm_cli import checkpointing as ckpt
-from fdm_cli import fid, runlock
-from fdm_cli.data import EMBEDDED
+from fdm_cli.artifacts import checkpoints as ckpt
+from fdm_cli.artifacts import runlock
+from fdm_cli.artifacts.losslog import read_loss_csv
+from fdm_cli.artifacts.outputs import prepare_run_dir
+from fdm_cli.data.dataset import EMBEDDED
 from fdm_cli.errors import UserError
-from fdm_cli.evaluate import evaluate_model, summary
-from fdm_cli.losslog import read_loss_csv
-from fdm_cli.outputs import prepare_run_dir
+from fdm_cli.evaluation import fid
+from fdm_cli.evaluation.evaluate import evaluate_model, summary
 
 from .conftest import refused
 from .test_train_autoencoder import TINY_AE
@@ -144,7 +145,8 @@ def test_ddp_ranks_are_all_refused_while_another_process_holds_the_run(
     (catches rank 1 waiting forever in the first collective while rank 0 has given up)."""
     run = tmp_path / "run"
     shutil.copytree(ds_run, run)
-    hold = "import sys, time; from pathlib import Path; from fdm_cli.runlock import acquire; "
+    hold = "import sys, time; from pathlib import Path; "
+    hold += "from fdm_cli.artifacts.runlock import acquire; "
     hold += "acquire(Path(sys.argv[1])); time.sleep(600)"
     first = _start(holder, [sys.executable, "-c", hold, str(run)], run, tmp_path / "first.log")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
@@ -212,13 +214,11 @@ def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     def started(*args: object, **kwargs: object) -> None:
         raise AssertionError("the command started its work before checking its outputs")
 
-    import fdm_cli.restore
-    import fdm_cli.sample
+    import fdm_cli.generation.sampling
 
     for module, name in (
-        (fdm_cli.sample, "load_model"),
-        (fdm_cli.sample, "generate"),
-        (fdm_cli.restore, "load_model"),
+        (fdm_cli.generation.sampling, "load_model"),
+        (fdm_cli.generation.sampling, "generate"),
         (fid, "load_fid_network"),
     ):
         monkeypatch.setattr(module, name, started)

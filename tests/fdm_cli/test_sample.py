@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fdm_cli.sample import generate, load_model
+from fdm_cli.generation.sampling import generate, load_model
 from fdm_core import SamplerConfig
 
 

@@ -16,13 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from fdm_cli import datacache, shards
-from fdm_cli.config import DataConfig
-from fdm_cli.data import DataOrder, load_dataset
-from fdm_cli.data_cmd import pack_folder
+from fdm_cli.config.train import DataConfig
+from fdm_cli.data import cache as datacache
+from fdm_cli.data import shards
+from fdm_cli.data.dataset import DataOrder, load_dataset
+from fdm_cli.data.packing import pack_folder
+from fdm_cli.data.shards import ShardStream, expand_shards, rank_shards
 from fdm_cli.errors import UserError
-from fdm_cli.shards import ShardStream, expand_shards, rank_shards
-from fdm_cli.training_data import open_indexed, open_training_data
+from fdm_cli.training.data import open_indexed, open_training_data
 
 from ..e2e.test_cli_subprocess import TINY
 from ..e2e.test_cli_subprocess import run as run_fdm
@@ -343,7 +344,7 @@ def test_an_undecodable_shard_image_is_replaced_by_the_next_one(
     def stream() -> ShardStream:
         return ShardStream(shards_with_bad_images, 8, 1, "auto", seed=5, hflip=False)
 
-    with caplog.at_level("WARNING", logger="fdm_cli.shards"):
+    with caplog.at_level("WARNING", logger="fdm_cli.data.shards"):
         full = stream().take(0, 40)  # 5 epochs of 8 slots
     values = [round((v + 1) * 127.5) for v in full[:, 0, 0, 0].tolist()]
     good = {0, 20, 80, 100, 140}

@@ -1,4 +1,4 @@
-"""fdm_cli.threads: the CPU thread count is pinned when asked and otherwise follows the load.
+"""fdm_cli.runtime.threads: the CPU thread count is pinned when asked, otherwise follows the load.
 
 The tuner is driven by a fake machine whose step time depends on the thread count and on whether
 another process is busy, with the ratios measured on the 2-core benchmark machine (BENCHMARKS.md,
@@ -12,8 +12,8 @@ import random
 import pytest
 import torch
 
-from fdm_cli import threads as threads_
-from fdm_cli.threads import ThreadTuner, configure_threads, thread_counts
+from fdm_cli.runtime import threads as threads_
+from fdm_cli.runtime.threads import ThreadTuner, configure_threads, thread_counts
 
 QUIET = {2: 1 / 2.60, 1: 1 / 1.27}
 BUSY = {2: 1 / 0.74, 1: 1 / 1.18}
@@ -161,7 +161,7 @@ def test_configure_threads_pins_or_tunes(monkeypatch, restore_threads) -> None:
 
 def test_sampling_ticks_once_per_step_by_stage(ds_run) -> None:
     """Catches `generate` not timing sampler steps, or timing them without their stage."""
-    from fdm_cli.sample import generate, load_model
+    from fdm_cli.generation.sampling import generate, load_model
     from fdm_core import SamplerConfig
 
     class Recorder:

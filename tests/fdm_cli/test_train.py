@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fdm_cli import checkpointing as ckpt
-from fdm_cli.config import TrainConfig, resolve_train_config
-from fdm_cli.losslog import read_loss_csv
-from fdm_cli.train import learning_rate, run_training
+from fdm_cli.artifacts import checkpoints as ckpt
+from fdm_cli.artifacts.losslog import read_loss_csv
+from fdm_cli.config.train import TrainConfig, resolve_train_config
+from fdm_cli.training.loop import run_training
+from fdm_cli.training.trainer import learning_rate
 from fdm_core import load_state
 
 TINY = {

@@ -13,12 +13,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from fdm_cli import checkpointing as ckpt
-from fdm_cli.app import app
-from fdm_cli.data import load_dataset
-from fdm_cli.images import to_uint8
-from fdm_cli.losslog import read_loss_csv
-from fdm_cli.train_autoencoder import resolve_autoencoder_config, run_autoencoder_training
+from fdm_cli.artifacts import checkpoints as ckpt
+from fdm_cli.artifacts.losslog import read_loss_csv
+from fdm_cli.artifacts.pictures import to_uint8
+from fdm_cli.cli.app import app
+from fdm_cli.config.autoencoder import resolve_autoencoder_config
+from fdm_cli.data.dataset import load_dataset
+from fdm_cli.training.autoencoder import run_autoencoder_training
 from fdm_core import load_state
 from fdm_models import is_autoencoder_dir, load_autoencoder
 
@@ -116,7 +117,7 @@ def test_psnr_is_the_mean_over_held_out_images(ae_run: Path) -> None:
 
 
 def test_held_out_images_are_never_trained_on(tmp_path: Path, monkeypatch, cli) -> None:
-    from fdm_cli.data import DataOrder
+    from fdm_cli.data.dataset import DataOrder
 
     seen: list[torch.Tensor] = []
     take = DataOrder.take

@@ -1,5 +1,5 @@
 """``python -m fdm_cli ...`` runs the `fdm` command (also under ``torchrun -m fdm_cli``)."""
 
-from .app import main
+from fdm_cli.cli.app import main
 
 main()

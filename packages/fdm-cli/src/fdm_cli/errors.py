@@ -1,30 +1,32 @@
-"""User errors of the `fdm` command: one clear line, exit code 2, no traceback (unless --debug).
+"""The one kind of error a user can fix, and how a pydantic error reads as one line.
 
-`cli_errors` wraps each command; `CommandGroup` makes Typer's own usage errors one line too.
+Library functions raise :class:`UserError` with a message naming what is wrong and what to do;
+the command line (`fdm_cli.cli.console`) prints it as one line with exit status 2.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+import re
+from collections.abc import Mapping
 
-import typer
 from pydantic import ValidationError
-from rich.console import Console
-from typer.core import TyperGroup
 
-EXIT_USER_ERROR = 2
+PARAMETER = re.compile(r"`([a-z][a-z0-9_]*(?:=[A-Za-z0-9]+)?)`")  # `batch_size`, `ema=False`
 
 
 class UserError(Exception):
-    """Something the user can fix: a bad flag value, config, file or image.
+    """Something the user can fix: a bad parameter value, config, file or image.
 
-    The message names what is wrong and what is allowed; the CLI prints it as one line.
+    The message names what is wrong and what is allowed. Library code names the parameter at
+    fault in backticks, as its caller passed it (``"`batch_size` 7 must be divisible by ..."``);
+    the command line prints the message as one line with its own flag in that place
+    (`with_names`: ``--batch-size 7 must be divisible by ...``).
     """
+
+    def with_names(self, names: Mapping[str, str]) -> str:
+        """The message with each backticked parameter replaced by ``names[parameter]`` (a name
+        `names` lacks keeps its backticks)."""
+        return PARAMETER.sub(lambda m: names.get(m.group(1), m.group(0)), str(self))
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
@@ -39,84 +41,3 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
         shown = "" if quiet else f" (got {got!r})"
         parts.append(f"{where}: {msg}{shown}" if where else f"{msg}{shown}")
     return "; ".join(parts)
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-DEBUG_ENV = "FDM_DEBUG"
-
-
-_STATE = {"debug": False}
-
-
-def set_debug(debug: bool) -> None:
-    """``--debug``: show tracebacks instead of one-line errors."""
-    _STATE["debug"] = debug
-
-
-def _debug() -> bool:
-    return _STATE["debug"] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-
-
-def _err_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def cli_errors(fn: F) -> F:
-    """Turn user errors into one line on stderr and exit status 2 (traceback with --debug)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (UserError, ValidationError, OSError, RuntimeError) as exc:
-            if _debug() or (isinstance(exc, RuntimeError) and not _is_plugin_error(exc)):
-                raise
-            if isinstance(exc, ValidationError):
-                message = f"invalid value: {format_validation_error(exc)}"
-            elif isinstance(exc, OSError) and not isinstance(exc, UserError):
-                where = f" {exc.filename}" if exc.filename else ""
-                message = f"cannot access{where}: {exc.strerror or exc}"
-            else:
-                message = str(exc)
-            _err_console().print(f"fdm: error: {message}", markup=False)
-            raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt:
-            _err_console().print("fdm: interrupted", markup=False)
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _is_plugin_error(exc: BaseException) -> bool:
-    """A plugin conflict from fdm-core's registry (two plugins registering one name): the user's
-    installation is at fault, so it is one line too. (Looked up without importing fdm_core,
-    which only a command that loaded the registry can have raised it from.)"""
-    registry = sys.modules.get("fdm_core.registry")
-    return registry is not None and isinstance(exc, registry.PluginError)
-
-
-@contextmanager
-def _one_line_usage_errors() -> Iterator[None]:
-    """Typer's usage errors (unknown option, a value outside the choices) as one line too."""
-    try:
-        yield
-    except typer.TyperException as exc:
-        if getattr(exc, "exit_code", None) != EXIT_USER_ERROR:
-            raise
-        message = exc.format_message().replace("Value error, ", "")
-        ctx = getattr(exc, "ctx", None)
-        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        _err_console().print(f"fdm: error: {message}{hint}", markup=False)
-        raise typer.Exit(EXIT_USER_ERROR) from None
-
-
-class CommandGroup(TyperGroup):
-    """The `fdm` command group: usage errors are one line, like every other user error."""
-
-    def make_context(self, *args: Any, **kwargs: Any) -> Any:
-        with _one_line_usage_errors():
-            return super().make_context(*args, **kwargs)
-
-    def invoke(self, ctx: Any) -> Any:
-        with _one_line_usage_errors():
-            return super().invoke(ctx)

@@ -6,7 +6,7 @@ split into invocations or ranks: nothing depends on how many random numbers were
 
 from __future__ import annotations
 
-from .errors import UserError
+from fdm_cli.errors import UserError
 
 _MASK64 = (1 << 64) - 1
 MAX_SEED = (1 << 63) - 1  # seeds are int64 tensors (noise seeds seed + i) and torch generators
@@ -33,7 +33,7 @@ def derive_seed(seed: int, *counters: int) -> int:
     return h & ((1 << 63) - 1)
 
 
-def check_seeds(seed: int, count: int = 1, flag: str = "--seed") -> None:
+def check_seeds(seed: int, count: int = 1, flag: str = "`seed`") -> None:
     """Refuse a `seed` whose `count` consecutive seeds (seed + i, one per image) leave
     0..MAX_SEED: they would overflow the int64 tensors the noise is keyed by."""
     if seed < 0 or seed + max(count, 1) - 1 > MAX_SEED:

@@ -1,0 +1,29 @@
+"""The device a run, sampling or evaluation uses, from a name (auto, cpu, cuda, cuda:N)."""
+
+from __future__ import annotations
+
+import torch
+
+from fdm_cli.errors import UserError
+
+
+def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+    """The device `preference` (a name `choices.check_device` accepts) means here. ``auto``:
+    CUDA (this rank's GPU) when available, else CPU; ``cuda`` without one is an error."""
+    if preference == "cpu":
+        return torch.device("cpu")
+    if preference == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"`device` {preference}: CUDA is not available on this machine "
+            "(allowed here: auto, cpu)"
+        )
+    if preference.startswith("cuda:"):
+        index = int(preference.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise UserError(
+                f"`device` {preference}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+        return torch.device(preference)
+    return torch.device("cuda", local_rank % torch.cuda.device_count())

@@ -1,0 +1,397 @@
+"""The one training loop of `fdm train` and `fdm train-autoencoder`.
+
+A trainer supplies two objects: a `TrainingRun`, the run being trained (its config, weights,
+optimizer, loss log, and where it stands: step, stream position, training seconds), and a
+`Trainer`, its steps (one batch, what a step records, reading the records into the loss log,
+what is written beside a checkpoint). This module owns everything else, the same for both:
+
+- the call and its run folder: `call_trainer` (the folder's lock, `fdm_cli.artifacts.runlock`;
+  flushing denormals on CPU; the DDP shutdown) and `open_run_dir` (the "already holds a run"
+  refusal, the sweep of temporary files an interrupted write left);
+- resuming or starting (`TrainingRun.begin`): the checkpoint's state, refused when the config
+  changed what it must not, the loss log cut back or started, config.yaml;
+- the loop (`Trainer.train`): the learning-rate schedule (`learning_rate`), the step or time
+  budget (`budget_spent`), SIGINT/SIGTERM and ``should_stop``, the progress line, a checkpoint
+  every ``train.checkpoint_every`` steps, and at the end the last checkpoint and, when stopped
+  early, how to continue;
+- the update of a step (`backward_and_update`): backward, gradient clipping, the non-finite
+  policy (`fdm_cli.training.nonfinite`) and the optimizer step.
+
+The f-DM trainer is `fdm_cli.training.loop` (with `fdm_cli.training.setup`), the autoencoder's
+`fdm_cli.training.autoencoder`. A run's config is read through `fdm_cli.config.base`'s types.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import torch
+from rich.console import Console
+
+from fdm_cli.artifacts import checkpoints as ckpt
+from fdm_cli.artifacts.losslog import LossLog
+from fdm_cli.artifacts.pictures import atomic_write_bytes
+from fdm_cli.artifacts.runlock import locked_run_dir
+from fdm_cli.config.base import LoopOptions, TrainingConfig
+from fdm_cli.errors import UserError
+from fdm_cli.runtime import distributed as dist_
+from fdm_cli.runtime.signals import graceful_stop
+from fdm_cli.runtime.threads import ThreadTuner
+from fdm_cli.training.nonfinite import NonfiniteGuard
+from fdm_cli.training.progress import TrainProgress
+from fdm_cli.training.steptime import StepTimer
+
+Say = Callable[..., None]  # say(message, markup=False): print on rank 0 only
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule and budget
+
+
+def learning_rate(cfg: TrainingConfig, step: int, elapsed_s: float) -> float:
+    """Linear warm-up, then constant or cosine to 10% over the step/time budget."""
+    optim, opts = cfg.optim, cfg.train
+    if optim.warmup_steps and step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.decay == "constant":
+        return optim.lr
+    fractions = []
+    if opts.max_steps:
+        fractions.append((step - optim.warmup_steps) / max(1, opts.max_steps - optim.warmup_steps))
+    if opts.minutes:
+        fractions.append(elapsed_s / (opts.minutes * 60))
+    frac = min(1.0, max(0.0, max(fractions)))
+    return optim.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def budget_spent(opts: LoopOptions, step: int, elapsed_s: float) -> bool:
+    """True once ``train.max_steps`` steps or ``train.minutes`` of training are done."""
+    return (opts.max_steps is not None and step >= opts.max_steps) or (
+        opts.minutes is not None and elapsed_s >= opts.minutes * 60
+    )
+
+
+def budget_text(opts: LoopOptions) -> str:
+    """The budget as the opening line names it: "N steps", "M min" or both."""
+    parts = (opts.max_steps and f"{opts.max_steps} steps", opts.minutes and f"{opts.minutes:g} min")
+    return " / ".join(part for part in parts if part)
+
+
+def agree(ctx: dist_.DistContext, clock: float, stop: bool) -> tuple[float, bool]:
+    """Rank 0's clock and whether any rank stops: one small all-reduce under DDP (host values
+    only; the other ranks pass a clock of 0)."""
+    if not ctx.enabled:
+        return clock, stop
+    values = torch.tensor([clock, 1.0 if stop else 0.0], dtype=torch.float64)
+    clock_sum, stops = dist_.sum_over_ranks(ctx, values).tolist()
+    return clock_sum, stops > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The call and its run folder
+
+
+@dataclass
+class Call:
+    """One call of a trainer (`run_training`, `run_autoencoder_training`): the run folder, what
+    was asked, where this process trains (`ctx`) and when the call began."""
+
+    run_dir: Path
+    resume: bool
+    console: Console
+    show_progress: bool
+    should_stop: Callable[[int], bool] | None  # should_stop(step) -> True: stop as a signal does
+    ctx: dist_.DistContext
+    t_wall: float  # time.monotonic() at the call
+
+    def say(self, message: str, markup: bool = False) -> None:
+        """A `Say`: rank 0 prints on the console, the other ranks stay silent."""
+        if self.ctx.is_main:
+            self.console.print(message, markup=markup)
+
+    def wall(self) -> float:
+        """Seconds since the call began."""
+        return time.monotonic() - self.t_wall
+
+
+ConfigT = TypeVar("ConfigT", bound=TrainingConfig)
+ResultT = TypeVar("ResultT")
+
+
+def call_trainer(
+    train: Callable[[ConfigT, Call], ResultT],
+    cfg: ConfigT,
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    console: Console | None,
+    show_progress: bool,
+    should_stop: Callable[[int], bool] | None,
+    start: Callable[[], dist_.DistContext],
+) -> ResultT:
+    """``train(cfg, call)``, the `Call` made of the other arguments, `start` giving this
+    process's place (DDP is initialised there). It runs holding `run_dir`'s lock (one process
+    per run folder, taken before anything is written; `fdm_cli.artifacts.runlock`, which also
+    applies the empty / --resume / --overwrite rules of
+    `fdm_cli.artifacts.outputs.prepare_run_dir`). On CPU, denormals are flushed to zero
+    meanwhile; afterwards torch's default is back and a DDP process group is shut down."""
+    t_wall = time.monotonic()
+    console = console or Console(highlight=False, soft_wrap=True)
+    ctx = start()
+    cpu = ctx.device.type == "cpu"
+    if cpu:
+        torch.set_flush_denormal(True)  # denormal gradients can slow CPU kernels several-fold
+    try:
+        with locked_run_dir(run_dir, overwrite, resume, ctx):
+            return train(
+                cfg, Call(run_dir, resume, console, show_progress, should_stop, ctx, t_wall)
+            )
+    finally:
+        if cpu:
+            torch.set_flush_denormal(False)  # torch's default, for whoever called us
+        dist_.shutdown(ctx)
+
+
+def open_run_dir(run_dir: Path, resume: bool, ctx: dist_.DistContext, say: Say) -> Path | None:
+    """The run's latest checkpoint (None: none yet), after refusing a run folder that holds a
+    run without --resume; rank 0 removes the temporary files an interrupted write left."""
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None and not resume:
+        raise UserError(
+            f"{run_dir} already holds a run ({latest.name}); pass `resume=True` to "
+            "continue it, or choose another `run_dir`"
+        )
+    if ctx.is_main and (stale := ckpt.sweep_stale_temporaries(run_dir)):
+        say(f"removed {len(stale)} temporary file(s) an interrupted write left in {run_dir}")
+    return latest
+
+
+# ---------------------------------------------------------------------------------------------
+# The run being trained
+
+
+class Stateful(Protocol):
+    """What a checkpoint saves and restores by name: a model or its EMA."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+class TrainingRun(ABC):
+    """A run being trained, as the shared loop sees it: the trainer's run (a dataclass) declares
+    these attributes as its fields, and names its weights (`weights`)."""
+
+    COMMAND: ClassVar[str]  # the `fdm` command that trains it ("train", "train-autoencoder")
+    RESUME_COMPARED: ClassVar[tuple[str, ...]]  # config sections --resume must not change
+
+    cfg: TrainingConfig
+    ctx: dist_.DistContext
+    run_dir: Path
+    optimizer: torch.optim.Optimizer
+    log: LossLog
+    threads: ThreadTuner
+    step: int  # optimizer steps applied
+    position: int  # images of the data stream consumed, all ranks together
+    elapsed: float  # training seconds, summed over resumes
+    resumed: bool  # continued from a checkpoint
+
+    @abstractmethod
+    def weights(self) -> dict[str, Stateful]:
+        """The named weights a checkpoint holds (before the optimizer, RNG and progress)."""
+
+    def progress(self) -> dict[str, Any]:
+        """The checkpoint's ``progress`` entry."""
+        return {
+            "step": self.step,
+            "position": self.position,
+            "elapsed_s": self.elapsed,
+            "seed": self.cfg.train.seed,
+        }
+
+    def refuse_changes(self, latest: Path, saved: dict[str, Any]) -> None:
+        """--resume: a UserError when this config differs from `saved` (the config of the
+        checkpoint `latest`) in a section of `RESUME_COMPARED`."""
+        ckpt.refuse_changed_config(latest, self.cfg.to_dict(), saved, self.RESUME_COMPARED)
+
+    def begin(self, latest: Path | None, resume: bool, say: Say) -> None:
+        """With --resume and a checkpoint `latest`: its state, and the loss log cut back to its
+        step; else a fresh loss log. Rank 0 then writes config.yaml."""
+        main = self.ctx.is_main
+        if resume and latest is not None:
+            self._restore(latest)
+            say(f"resuming from {latest} (step {self.step})")
+            if main:
+                self.log.resume(self.step)
+        elif main:
+            if resume:
+                say(f"no checkpoint in {self.run_dir}: starting a new run")
+            self.log.start()
+        if main:
+            atomic_write_bytes(self.run_dir / ckpt.CONFIG_FILE, self.cfg.to_yaml().encode())
+
+    def _restore(self, latest: Path) -> None:
+        """Load the checkpoint `latest` (its config checked first, `refuse_changes`)."""
+        weights = self.weights()
+        state, saved = ckpt.load_checkpoint(latest, (*weights, "optimizer", "rng", "progress"))
+        self.refuse_changes(latest, saved)
+        with ckpt.restoring(latest):
+            for name, part in weights.items():
+                part.load_state_dict(state[name])
+            self.optimizer.load_state_dict(ckpt.optimizer_from_tree(state["optimizer"]))
+            ckpt.set_rng_state(state["rng"])
+        progress = state["progress"]
+        self.step, self.position = int(progress["step"]), int(progress["position"])
+        self.elapsed, self.resumed = float(progress["elapsed_s"]), True
+
+    def checkpoint(self) -> None:
+        """Rank 0 saves the whole training state (and flushes the loss log and its plot)."""
+        if not self.ctx.is_main:
+            return
+        state: dict[str, Any] = {name: part.state_dict() for name, part in self.weights().items()}
+        state["optimizer"] = ckpt.optimizer_to_tree(self.optimizer.state_dict())
+        state["rng"] = ckpt.rng_state()
+        state["progress"] = self.progress()
+        self.log.flush()
+        keep = self.cfg.train.keep_checkpoints
+        ckpt.save_checkpoint(self.run_dir, self.step, state, self.cfg.to_dict(), keep)
+        self.log.save_plot(self.run_dir / "loss.png")
+
+
+def backward_and_update(
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    parameters: Iterable[torch.Tensor],
+    clip: float,
+    guard: NonfiniteGuard | None,
+    step: int,
+    timer: StepTimer | None = None,
+) -> tuple[torch.Tensor, bool]:
+    """Backward pass of `loss`, the global gradient norm clipped to `clip` (0: not clipped),
+    and the optimizer step unless `guard` (``train.nonfinite: skip``) skips this batch; `step`
+    is the number the step would get. Returns (gradient norm, whether the update was applied).
+    Nothing is read back to the host except by `guard`. `timer` is marked after the backward."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if timer is not None:
+        timer.mark()  # backward -> optimizer
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip if clip > 0 else math.inf)
+    applied = guard is None or guard.keep(loss, grad_norm, step)
+    if applied:
+        optimizer.step()
+    return grad_norm, applied
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class LoopEnd:
+    """How the loop ended."""
+
+    interrupted: bool  # a signal or ``should_stop``: checkpoint written, nothing final
+    last_loss: float | None  # the last loss read (None: no step read)
+
+
+class Trainer(ABC):
+    """One trainer's steps over `run`, driven by `train` (the shared loop)."""
+
+    def __init__(self, run: TrainingRun) -> None:
+        self.run = run
+
+    @abstractmethod
+    def step(self) -> bool:
+        """One batch at the run's step and stream position, with the learning rate already set;
+        False when a non-finite batch was skipped (no update, `fdm_cli.training.nonfinite`)."""
+
+    @abstractmethod
+    def record(self, lr: float) -> None:
+        """Keep the statistics of the step just applied (the run's step and elapsed seconds
+        already count it)."""
+
+    @abstractmethod
+    def read(self) -> float | None:
+        """Move the statistics kept since the last read into the loss log (rank 0); the last
+        loss among them (None: none). A non-finite loss raises `diverged`."""
+
+    @abstractmethod
+    def at_checkpoint(self) -> str:
+        """Write what goes with a periodic checkpoint; says what was written."""
+
+    def phases(self) -> dict[str, float] | None:
+        """Seconds per step phase since the last call, for the progress line (None: untimed)."""
+        return None
+
+    def train(self, call: Call) -> LoopEnd:
+        """Step until the budget is spent or a stop: a signal (SIGINT/SIGTERM finish the
+        step), or ``call.should_stop(step)`` -> True (as an interruption). The statistics are
+        read every ``train.log_every`` steps, before every checkpoint and at the end; the run
+        ends with a checkpoint of its last step."""
+        run, should_stop = self.run, call.should_stop
+        opts, ctx, main = run.cfg.train, run.ctx, run.ctx.is_main
+        last_loss, interrupted = None, False
+        saved_step = run.step if run.resumed else -1
+        t_start = time.monotonic() - run.elapsed
+        with (
+            graceful_stop() as stop_flag,
+            TrainProgress(call.console, opts, run.step, call.show_progress, main) as progress,
+        ):
+
+            def read() -> None:
+                """The loss log, the progress line, and a stop at a non-finite loss (before
+                anything of that step is saved)."""
+                nonlocal last_loss
+                loss = self.read()
+                last_loss = last_loss if loss is None else loss
+                if main:
+                    run.log.flush()
+                    if last_loss is not None:
+                        progress.update(run.step, last_loss, run.elapsed, self.phases())
+
+            while not budget_spent(opts, run.step, run.elapsed):
+                lr = learning_rate(run.cfg, run.step, run.elapsed)
+                for group in run.optimizer.param_groups:
+                    group["lr"] = lr
+                applied = self.step()
+                run.threads.tick()
+                run.step += int(applied)  # a skipped batch is no step (fdm_cli.training.nonfinite)
+                run.position += opts.batch_size
+                stop = bool(stop_flag["signal"]) or (
+                    should_stop is not None and should_stop(run.step)
+                )
+                run.elapsed, stop = agree(ctx, (time.monotonic() - t_start) if main else 0.0, stop)
+                if applied:
+                    self.record(lr)
+                if stop:
+                    interrupted = True
+                    break
+                if not applied:
+                    continue
+                checkpoint_due = run.step % opts.checkpoint_every == 0
+                if checkpoint_due or run.step % opts.log_every == 0:
+                    read()
+                if checkpoint_due:
+                    run.checkpoint()
+                    saved_step = run.step
+                    written = self.at_checkpoint()
+                    run.threads.pause()  # not a training step
+                    if main:
+                        progress.note(f"step {run.step}: loss {last_loss:.4f}; {written}")
+            read()
+            progress.finish(run.step, last_loss, interrupted)
+
+        if saved_step != run.step:
+            run.checkpoint()
+        if interrupted:
+            call.say(
+                f"stopped at step {run.step}; checkpoint written. Continue with: fdm "
+                f"{run.COMMAND} --out {run.run_dir} --resume"
+            )
+        return LoopEnd(interrupted, last_loss)
