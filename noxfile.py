@@ -38,12 +38,13 @@ def lint(session: nox.Session) -> None:
 
 def _install_for_tests(session: nox.Session) -> None:
     """torch, pytest and the four packages (editable; fdm-core with its fuzz extra, hypothesis,
-    and fdm-transforms with its diffusers extra so the diffusers-autoencoder tests run)."""
+    fdm-transforms with its diffusers extra so the diffusers-autoencoder tests run, fdm-cli with
+    its webdataset, tensorboard and wandb extras so the shard and tracker tests run)."""
     session.install(*CONSTRAINTS, "torch", "triton", "pytest", "pytest-timeout")
     editable = [f"packages/{p}" for p in PACKAGES]
     editable[PACKAGES.index("fdm-core")] += "[fuzz]"
     editable[PACKAGES.index("fdm-transforms")] += "[diffusers]"
-    editable[PACKAGES.index("fdm-cli")] += "[webdataset]"
+    editable[PACKAGES.index("fdm-cli")] += "[webdataset,tensorboard,wandb]"
     session.install(*CONSTRAINTS, *[a for p in editable for a in ("-e", p)])
 
 

@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("part", choices=["train", "sample"])
     parser.add_argument("--pairs", nargs="+", default=["fdm-ds:ddpm"], help="A:B preset pairs")
     parser.add_argument("--batch", type=int, nargs="+", default=[64])
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"]
+    )
     parser.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
     parser.add_argument("--steps", type=int, default=100, help="sampling: total DDIM steps")
     parser.add_argument("--warmup", type=int, default=10)

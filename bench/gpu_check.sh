@@ -4,8 +4,9 @@
 #      plus every test marked `cuda` (a step with no host sync, bf16, inductor);
 #   2. bench_launch.py (aten ops and host reads per step; the same on every machine);
 #   3. bench_gpu.py train: fdm-ds against ddpm with the default UNet at batch 64 and 512, fp32
-#      and bf16, eager and --compile; fdm-ds-64 against ddpm-64 (batch 128) and fdm-ds-256
-#      against ddpm-256 (batch 32) in bf16; side by side in one process per configuration;
+#      and bf16 (fp16 with loss scaling at batch 64), eager and --compile; fdm-ds-64 against
+#      ddpm-64 (batch 128) and fdm-ds-256 against ddpm-256 (batch 32) in bf16; side by side in
+#      one process per configuration;
 #   4. bench_gpu.py sample: s/img at batch 256, DDIM-100, fdm-ds:ddpm and fdm-ds-64:ddpm-64;
 #   5. bench_kernels.py (Triton against torch, the fused stage mean among them), and fdm-ds
 #      training with FDM_OPS_BACKEND=torch beside the default, to keep the faster path.
@@ -54,6 +55,8 @@ echo "== train"
 G="timeout 150 $PY bench/bench_gpu.py"
 {
     $G train --pairs fdm-ds:ddpm --batch 64 512 --precision fp32 bf16 --json "$OUT/t1.json"
+    timeout 90 $PY bench/bench_gpu.py train --pairs fdm-ds:ddpm --batch 64 --precision fp16 \
+        --json "$OUT/t1-fp16.json"
     FDM_COMPILE_MODE=reduce-overhead $G train --pairs fdm-ds:ddpm --batch 64 512 \
         --precision bf16 --compile on --json "$OUT/t2.json"
     $G train --pairs fdm-ds-64:ddpm-64 --batch 128 --precision bf16 --json "$OUT/t3.json"

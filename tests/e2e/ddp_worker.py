@@ -1,7 +1,9 @@
 """Run by the DDP test under torchrun: train a tiny fdm-ds, then every rank saves its weights.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 \
-        ddp_worker.py RUN_DIR WEIGHTS_DIR
+        ddp_worker.py RUN_DIR WEIGHTS_DIR [KEY=VALUE ...]
+
+Further arguments are ``--set`` overrides (e.g. ``train.grad_accum=2``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
         "sample.strip_rows=2",
         "optim.warmup_steps=1",
         "train.dist_timeout_s=120",
+        *sys.argv[3:],
     ]
     cfg = resolve_train_config(None, "fdm-ds", flags, overrides)
     result = run_training(cfg, run_dir, show_progress=False)

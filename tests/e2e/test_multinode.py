@@ -40,8 +40,8 @@ from fdm_cli.config.train import resolve_train_config
 from fdm_cli.errors import UserError
 from fdm_cli.generation.sampling import load_model
 from fdm_cli.runtime.distributed import DistContext, init_distributed
+from fdm_cli.training.schedule import learning_rate
 from fdm_cli.training.setup import setup
-from fdm_cli.training.trainer import learning_rate
 
 WORKER = Path(__file__).with_name("multinode_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
@@ -132,7 +132,7 @@ def _single_process_reference(folder: Path) -> tuple[list[float], dict[str, torc
         for rank in (0, 1):
             x, generator = replace(run, ctx=DistContext(rank=rank, world_size=2)).batch()
             run.optimizer.zero_grad(set_to_none=True)
-            loss, *_ = run.module(x, generator)
+            loss = run.module(run.loss.draw(x, generator)).loss
             loss.backward()
             rank_losses.append(float(loss.detach()))
             rank_grads.append([p.grad for p in params])
@@ -171,7 +171,10 @@ def test_two_nodes_train_one_model_like_one_process(tmp_path: Path) -> None:
     # one set of files, written by global rank 0 alone (node 1's local rank 0 writes nothing)
     writes = [json.loads((reports / f"rank{r}.json").read_text())["writes"] for r in (0, 1)]
     assert writes[1] == [], writes[1][:10]
-    assert {path for event, path in writes[0] if event == "os.rename"} >= RUN_FILES
+    renamed = {path for event, path in writes[0] if event == "os.rename"}
+    # model/ is written as model.partial/ (each file renamed into place) and then renamed whole
+    assert "model.partial" in renamed
+    assert {p.replace("model.partial/", "model/") for p in renamed} >= RUN_FILES
     assert {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()} == (
         RUN_FILES
     )

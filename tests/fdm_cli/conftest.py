@@ -7,9 +7,12 @@ import zlib
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fdm_cli.cli.app import app
+
+from .fidnet import StandIn
 
 # A UNet of ~0.08M parameters, a handful of steps and a 4-image sample grid: seconds, not minutes.
 TINY = (
@@ -55,6 +58,14 @@ def stopped(result: object, *phrases: str) -> None:
     assert last.startswith("fdm: error:") and "Traceback" not in result.output, result.output
     for phrase in phrases:
         assert phrase in last, last
+
+
+@pytest.fixture(scope="session")
+def network_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in FID network (`tests/fdm_cli/fidnet.py`) saved as a TorchScript file."""
+    path = tmp_path_factory.mktemp("fidnet") / "standin.pt"
+    torch.jit.script(StandIn()).save(str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

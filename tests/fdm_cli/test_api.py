@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import fdm_cli
@@ -69,23 +68,10 @@ TINY = {
 SIZES_LINE = re.compile(r"^run, settings, num = .*$", re.M)
 
 
-class StandIn(torch.nn.Module):
-    """(N, 3, 299, 299) -> (N, 12): pooled pixels through a fixed projection (not Inception)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.proj = torch.nn.Parameter(torch.randn(3 * 6 * 6, 12, generator=g) / 6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(F.adaptive_avg_pool2d(x, 6).flatten(1) @ self.proj)
-
-
 @pytest.fixture
-def fid_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def fid_env(network_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The stand-in network via FDM_FID_NETWORK and a fresh statistics cache."""
-    path = tmp_path / "standin.pt"
-    torch.jit.script(StandIn()).save(str(path))
+    path = network_file
     monkeypatch.setenv("FDM_FID_NETWORK", str(path))
     monkeypatch.setenv("FDM_CACHE_DIR", str(tmp_path / "cache"))
     return path

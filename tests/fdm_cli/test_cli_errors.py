@@ -50,10 +50,15 @@ TRAIN_ERRORS = [
     (["--batch-size", "-2"], "train.batch_size: Input should be greater than 0"),
     (["--lr", "-1"], "optim.lr: Input should be greater than 0"),
     (
-        ["--precision", "fp16"],
-        "Invalid value for '--precision': 'fp16' is not one of 'fp32', 'bf16'",
+        ["--precision", "fp8"],
+        "Invalid value for '--precision': 'fp8' is not one of 'fp32', 'bf16', 'fp16'",
     ),
-    (["--set", "train.precision=fp16"], "train.precision: Input should be 'fp32' or 'bf16'"),
+    (
+        ["--set", "train.precision=fp8"],
+        "train.precision: Input should be 'fp32', 'bf16' or 'fp16'",
+    ),
+    (["--log", "mlflow"], "train.trackers.0: Input should be 'tensorboard' or 'wandb'"),
+    (["--set", "train.keep_best=true"], "train.keep_best needs train.eval_every"),
     (["--device", "tpu"], "train.device: unknown device 'tpu'; allowed: auto, cpu, cuda, cuda:N"),
     (["--set", "train.device=cuda:x"], "unknown device 'cuda:x'; allowed: auto, cpu, cuda"),
     (["--resolution", "30"], "cannot take stage"),

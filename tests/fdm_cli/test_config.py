@@ -136,7 +136,9 @@ def test_saved_config_is_the_base_when_resuming() -> None:
         ("process.parameterization=eps", "parameterization 'eps'"),
         ("model.num_heads=3", "num_heads"),
         ("train.device=tpu", "train.device: unknown device 'tpu'; allowed: auto, cpu, cuda"),
-        ("train.precision=fp16", "train.precision: Input should be 'fp32' or 'bf16'"),
+        ("train.precision=fp8", "train.precision: Input should be 'fp32', 'bf16' or 'fp16'"),
+        ("train.grad_accum=0", "train.grad_accum: Input should be greater than 0"),
+        ("train.eval_num=3", "train.eval_num: Input should be greater than or equal to 4"),
         ("data.fit=stretch", "data.fit: Input should be 'auto', 'pad' or 'resize'"),
     ],
 )

@@ -15,26 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fdm_cli.data.dataset import EMBEDDED, load_dataset
 from fdm_cli.data.images import fit_to_resolution
 from fdm_cli.evaluation import fid, metrics
-
-FEATURES = 12
-
-
-class StandIn(torch.nn.Module):
-    """(N, 3, 299, 299) -> (N, 12): 6x6 average pooling, a fixed projection, tanh."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.proj = torch.nn.Parameter(torch.randn(3 * 6 * 6, FEATURES, generator=g) / 6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert x.shape[1] == 3 and x.shape[2] == 299 and x.shape[3] == 299
-        return torch.tanh(F.adaptive_avg_pool2d(x, 6).flatten(1) @ self.proj)
 
 
 class Counting(torch.nn.Module):
@@ -47,13 +31,6 @@ class Counting(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.seen += len(x)
         return self.net(x)
-
-
-@pytest.fixture(scope="module")
-def network_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("fidnet") / "standin.pt"
-    torch.jit.script(StandIn()).save(str(path))
-    return path
 
 
 @pytest.fixture

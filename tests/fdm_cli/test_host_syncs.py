@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fdm_cli.training import loop as train_module
+from fdm_cli.training import step as step_module
 from fdm_cli.training.loop import run_training
 from fdm_cli.training.stepwindow import StepWindow
 from fdm_core import HostReads
@@ -45,18 +46,21 @@ def _count_step_reads(monkeypatch: pytest.MonkeyPatch) -> list[HostReads]:
     return per_step
 
 
-@pytest.mark.parametrize("preset", ["fdm-ds", "ddpm", "fdm-blur-g"])
+@pytest.mark.parametrize(
+    ("preset", "grad_accum"), [("fdm-ds", 1), ("ddpm", 1), ("fdm-blur-g", 1), ("fdm-ds", 3)]
+)
 def test_a_training_step_reads_nothing_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, preset: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, preset: str, grad_accum: int
 ) -> None:
     """Catches any `float(loss)`, `.item()`, `bool(tensor)` or `nonzero` back in the step: the
     per-stage `float(error.mean())` of the old loss, the `(delta > 0).any()` of the old mean,
-    the `torch.nonzero` grouping of the old split."""
+    the `torch.nonzero` grouping of the old split; with micro-batches, their merged losses."""
     per_step = _count_step_reads(monkeypatch)
     reads = []
     read = StepWindow.read
     monkeypatch.setattr(StepWindow, "read", lambda self: reads.append(len(self)) or read(self))
-    cfg = tiny_config(6, preset=preset, **SMALL_SAMPLES, **{"train.log_every": 3})
+    sets = {"train.log_every": 3, "train.grad_accum": grad_accum}
+    cfg = tiny_config(6, preset=preset, **SMALL_SAMPLES, **sets)
     run_training(cfg, tmp_path / "run", show_progress=False)
     assert len(per_step) == 6
     for i, counter in enumerate(per_step):
@@ -67,13 +71,13 @@ def test_a_training_step_reads_nothing_back(
 def test_the_counter_sees_a_read_in_the_step(tmp_path: Path, monkeypatch) -> None:
     """The negative control: a step that reads its loss back is counted."""
     per_step = _count_step_reads(monkeypatch)
-    real = train_module.StepResult
+    real = step_module.StepResult
 
     def reading(loss: torch.Tensor, *args: object) -> object:
         float(loss)
         return real(loss, *args)
 
-    monkeypatch.setattr(train_module, "StepResult", reading)
+    monkeypatch.setattr(step_module, "StepResult", reading)
     run_training(tiny_config(2, **SMALL_SAMPLES), tmp_path / "run", show_progress=False)
     assert [c.counts["__float__"] for c in per_step] == [1, 1]
     assert "test_host_syncs.py" in per_step[0].sites[0]

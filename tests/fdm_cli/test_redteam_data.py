@@ -182,7 +182,7 @@ def test_an_edited_fid_statistics_cache_is_computed_again_with_one_line(
 ) -> None:
     """Bug caught: an edited reference-statistics file (mu changed, its digest recomputed with
     fdm_core.save_tensors, or bytes changed in place) changed every score, silently."""
-    from .test_eval import StandIn
+    from .fidnet import StandIn
 
     monkeypatch.setenv(fid.CACHE_ENV, str(tmp_path / "cache"))
     counting = Counting(StandIn())

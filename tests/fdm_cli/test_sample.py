@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -189,7 +190,10 @@ def test_env_reports_stack(cli) -> None:
     assert info["ops_backend"]["cpu"] == "torch"  # Triton kernels need CUDA tensors
     assert info["packages"]["fdm-cli"] == "0.1.0"
     assert {"python", "triton", "xformers", "cuda_available"} <= set(info)
+    installed = importlib.util.find_spec("tensorboard") is not None
+    assert (info["trackers"]["tensorboard"] is not None) == installed
     text = cli("env")
     assert (
         text.exit_code == 0 and "attention" in text.stdout and "blur/resampling ops" in text.stdout
     )
+    assert "trackers (--log)" in text.stdout

@@ -14,7 +14,7 @@ from fdm_cli.artifacts import checkpoints as ckpt
 from fdm_cli.artifacts.losslog import read_loss_csv
 from fdm_cli.config.train import TrainConfig, resolve_train_config
 from fdm_cli.training.loop import run_training
-from fdm_cli.training.trainer import learning_rate
+from fdm_cli.training.schedule import learning_rate
 from fdm_core import load_state
 
 TINY = {

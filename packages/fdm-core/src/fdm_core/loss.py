@@ -89,6 +89,122 @@ def draw_noise(
     ]
 
 
+@dataclass
+class LossBatch:
+    """Everything (E23) needs of a batch besides the network: the data `x` ordered by stage, its
+    times `t`, importance weights, rows per stage and eps per stage (`draw_noise`).
+    `normalizer` is the size of the step's whole batch, which the weighted errors are divided
+    by: a micro-batch (`split`) keeps the whole batch's, so its losses add up to the batch's."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    weights: torch.Tensor
+    counts: list[int]
+    noise: list[torch.Tensor | None]
+    normalizer: int
+    stratified: bool  # counts fixed by the batch size (a compiled loss never sees a new shape)
+
+    def split(self, parts: int) -> list[LossBatch]:
+        """`parts` micro-batches for gradient accumulation (docs/design.md §6.8): stage k's
+        rows are cut into `parts` runs as equal as possible, and micro-batch j takes run j of
+        every stage, so each stays ordered by stage; the longer runs go to the micro-batches in
+        turn, so their sizes differ by one row at most. Times, weights, noise and `normalizer` stay
+        the whole batch's, so the micro-batches' losses (and gradients) sum to the batch's."""
+        if parts == 1:
+            return [self]
+        if not 1 <= parts <= self.x.shape[0]:
+            raise ValueError(f"cannot split a batch of {self.x.shape[0]} into {parts} parts")
+        firsts = [sum(self.counts[:k]) for k in range(len(self.counts))]  # stage k's first row
+        sizes, turn = [], 0  # sizes[k][j]: stage k's rows in micro-batch j
+        for n in self.counts:
+            base, extra = divmod(n, parts)
+            longer = {(turn + i) % parts for i in range(extra)}  # the longer runs go in turn
+            sizes.append([base + (j in longer) for j in range(parts)])
+            turn = (turn + extra) % parts
+        out = []
+        for j in range(parts):
+            runs = [(sum(size[:j]), size[j]) for size in sizes]  # (offset in stage k, rows)
+
+            def take(v: torch.Tensor, runs: list[tuple[int, int]] = runs) -> torch.Tensor:
+                starts = zip(firsts, runs, strict=True)
+                return torch.cat([v[f + o : f + o + n] for f, (o, n) in starts])
+
+            noise = [
+                None if eps is None or n == 0 else eps[o : o + n]
+                for eps, (o, n) in zip(self.noise, runs, strict=True)
+            ]
+            counts = [n for _, n in runs]
+            out.append(
+                LossBatch(
+                    take(self.x), take(self.t), take(self.weights), counts, noise,
+                    self.normalizer, self.stratified,
+                )
+            )  # fmt: skip
+        return out
+
+
+def draw_loss_batch(
+    process: FDMProcess,
+    x: torch.Tensor,
+    t: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> LossBatch:
+    """The random draws of a training step on the data `x`: stratified times and their weights
+    (E21-E22) and eps for each stage, all from `generator`. Times given as `t` get weight 1;
+    their stages are read back to order the batch."""
+    batch = x.shape[0]
+    counts = None
+    if t is None:
+        t, weights = stratified_times(process, batch, generator, x.device)
+        counts = stratified_counts(process, batch)
+    else:
+        weights = torch.ones(batch, device=x.device)
+    stratified = counts is not None
+    if counts is None:  # order the batch by stage (a no-op for sorted stratified times)
+        order = torch.argsort(process.stage_of(t), stable=True)
+        x, t, weights = x[order], t[order], weights[order]
+        counts = process.stage_counts(t)
+    noise = draw_noise(process, counts, generator, x.device, x.dtype)
+    return LossBatch(x, t, weights, list(counts), noise, batch, stratified)
+
+
+def batch_loss(
+    process: FDMProcess,
+    model: Denoiser,
+    batch: LossBatch,
+    static_loss: StageLoss | None = None,
+) -> LossOutput:
+    """(E23) of a drawn batch (or micro-batch); `static_loss` replaces `stage_loss` when the
+    rows per stage are fixed by the batch size (`fdm train --compile` passes its compiled
+    graph, which then never sees a new shape)."""
+    loss_fn = static_loss if static_loss is not None and batch.stratified else stage_loss
+    loss, per_stage = loss_fn(
+        process, model, batch.x, batch.t, batch.weights, batch.counts, batch.noise,
+        batch.normalizer,
+    )  # fmt: skip
+    return LossOutput(loss, per_stage, list(batch.counts))
+
+
+def merge_outputs(parts: Sequence[LossOutput]) -> LossOutput:
+    """The losses of a batch's micro-batches (`LossBatch.split`) as the whole batch's: the sum
+    of the losses, and per stage the mean over every row of the stage (NaN where no micro-batch
+    holds the stage). Nothing is read back to the host."""
+    if len(parts) == 1:
+        return parts[0]
+    counts = [sum(column) for column in zip(*(p.counts for p in parts), strict=True)]
+    loss = torch.stack([p.loss for p in parts]).sum()
+    first = parts[0].per_stage
+    total = torch.zeros_like(first)
+    for part in parts:
+        share = [n / c if c else 0.0 for n, c in zip(part.counts, counts, strict=True)]
+        weight = torch.tensor(share, dtype=first.dtype).to(first.device, non_blocking=True)
+        present = torch.tensor([n > 0 for n in part.counts]).to(first.device, non_blocking=True)
+        total = total + torch.where(present, part.per_stage * weight, 0.0)
+    absent = torch.tensor([c == 0 for c in counts]).to(first.device, non_blocking=True)
+    per_stage = torch.where(absent, torch.full_like(total, float("nan")), total)
+    return LossOutput(loss, per_stage, counts)
+
+
 def diffusion_loss(
     process: FDMProcess,
     model: Denoiser,
@@ -98,26 +214,9 @@ def diffusion_loss(
     static_loss: StageLoss | None = None,
 ) -> LossOutput:
     """Mean weighted squared error of F(z_t, t, k) against the target over a batch of data x
-    (E23). Times given as `t` get weight 1; their stages are read back to order the batch.
-
-    `static_loss` replaces `stage_loss` when the rows per stage are fixed by the batch size
-    (stratified times, at least one row per stage): `fdm train --compile` passes its compiled
-    graph, which then never sees a new shape."""
-    batch = x.shape[0]
-    counts = None
-    if t is None:
-        t, weights = stratified_times(process, batch, generator, x.device)
-        counts = stratified_counts(process, batch)
-    else:
-        weights = torch.ones(batch, device=x.device)
-    loss_fn = static_loss if static_loss is not None and counts is not None else stage_loss
-    if counts is None:  # order the batch by stage (a no-op for sorted stratified times)
-        order = torch.argsort(process.stage_of(t), stable=True)
-        x, t, weights = x[order], t[order], weights[order]
-        counts = process.stage_counts(t)
-    noise = draw_noise(process, counts, generator, x.device, x.dtype)
-    loss, per_stage = loss_fn(process, model, x, t, weights, counts, noise)
-    return LossOutput(loss, per_stage, list(counts))
+    (E23): `draw_loss_batch`, then `batch_loss`. Times given as `t` get weight 1; their stages
+    are read back to order the batch. `static_loss` as in `batch_loss`."""
+    return batch_loss(process, model, draw_loss_batch(process, x, t, generator), static_loss)
 
 
 def stage_loss(
@@ -128,10 +227,12 @@ def stage_loss(
     weights: torch.Tensor,
     counts: Sequence[int],
     noise: Sequence[torch.Tensor | None],
+    normalizer: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(E23) and the per-stage losses for a batch ordered by stage, with its times, importance
     weights, rows per stage and eps per stage given: no random draw and no host read, so it can
-    be compiled as one graph (`fdm train --compile`)."""
+    be compiled as one graph (`fdm train --compile`). The weighted errors are summed and divided
+    by `normalizer` (default: the rows of `x`; a micro-batch passes its whole batch's size)."""
     groups = process.split_by_stage(x, t, counts, noise=noise)
     if packs_stages(model):
         zs: list[torch.Tensor | None] = [None] * process.num_stages
@@ -150,4 +251,4 @@ def stage_loss(
             weighted = weighted * loss_weight(process, group.t, group.stage).float()
         total = total + weighted.sum()
         per_stage[group.stage] = error.detach().mean()
-    return total / x.shape[0], torch.stack(per_stage).float()
+    return total / (normalizer or x.shape[0]), torch.stack(per_stage).float()

@@ -21,8 +21,8 @@ from fdm_cli.config.train import TrainConfig
 from fdm_cli.errors import UserError
 from fdm_cli.runtime.threads import configure_threads
 from fdm_cli.seeding import MODEL_INIT, TRAIN_STEP, derive_seed
-from fdm_cli.training.setup import LossModule, make_optimizer
-from fdm_cli.training.trainer import backward_and_update
+from fdm_cli.training.setup import LossModule, make_optimizer, make_scaler
+from fdm_cli.training.step import train_step
 from fdm_core import FDMProcess
 from fdm_models import EMA, MultiStageUNet
 
@@ -40,7 +40,8 @@ class TrainingStep:
     UNet in autocast, §6.5; ``train.compile`` compiles it), backward, gradient clipping at
     ``optim.grad_clip``, the AdamW step and the EMA update, reading nothing back to the host
     (§6.7). The learning rate stays what the optimizer holds: set
-    ``step.optimizer.param_groups[i]["lr"]`` for a schedule.
+    ``step.optimizer.param_groups[i]["lr"]`` for a schedule. ``train.grad_accum`` splits the
+    batch into micro-batches (§6.8); ``train.precision: fp16`` (CUDA) scales the loss (§6.5).
     """
 
     def __init__(self, config: TrainConfig, device: DeviceLike = "auto") -> None:
@@ -57,9 +58,15 @@ class TrainingStep:
         self.unet = MultiStageUNet(config.model).to(self.device)
         self.ema = EMA(self.unet, config.optim.ema_decay, warmup=config.optim.ema_warmup)
         self.optimizer = make_optimizer(self.unet, config.optim, self.device)
-        bf16 = opts.precision == "bf16"
-        self.loss = LossModule(self.process, self.unet, opts.compile, bf16=bf16)
+        self.scaler = make_scaler(opts.precision, self.device)
+        self.loss = LossModule(self.process, self.unet, opts.compile, opts.precision)
+        self.module = self.loss  # what a step calls (`fdm_cli.training.step.StepParts`)
         self.steps = 0  # steps taken
+
+    @property
+    def cfg(self) -> TrainConfig:
+        """`config` (`fdm_cli.training.step.StepParts`)."""
+        return self.config
 
     def generator(self) -> torch.Generator:
         """The generator of the next step's times and noise, seeded as `fdm train` seeds it:
@@ -75,11 +82,7 @@ class TrainingStep:
             raise UserError(f"x: expected a batch (B, {', '.join(map(str, shape))}), got "
                             f"{tuple(x.shape)}")  # fmt: skip
         generator = self.generator() if generator is None else generator
-        self.loss.train()
-        loss, _, _ = self.loss(x.to(self.device), generator)
-        clip = self.config.optim.grad_clip
-        backward_and_update(self.optimizer, loss, self.unet.parameters(), clip, None, self.steps)
-        self.ema.update(self.unet)
+        result = train_step(self, x.to(self.device), generator, self.steps + 1)
         self.threads.tick()
         self.steps += 1
-        return loss.detach()
+        return result.loss

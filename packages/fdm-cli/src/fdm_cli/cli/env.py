@@ -64,6 +64,8 @@ def print_environment(info: dict[str, Any], console: Console) -> None:
         ("blur/resampling ops", " | ".join(f"{d}: {b}" for d, b in info["ops_backend"].items())),
     ]
     rows += [(name, version or missing) for name, version in info["packages"].items()]
+    trackers = [f"{name} {version}" for name, version in info["trackers"].items() if version]
+    rows.append(("trackers (--log)", ", ".join(trackers) or "none installed"))
     plugins = info["plugins"]
     rows.append(
         (

@@ -46,3 +46,7 @@ OverwriteRunOpt = Annotated[bool, Opt(help="Start a new run in a non-empty RUN_D
 SetOpt = Annotated[list[str] | None, Opt("--set", help="key=value override, repeatable.")]
 DryRunOpt = Annotated[bool, Opt(help="Print the resolved config and exit.")]
 ProgressOpt = Annotated[bool, Opt(help="Show the progress bar.")]
+LogOpt = Annotated[  # checked by the config (train.trackers): Typer lists take no Literal
+    list[str] | None,
+    Opt("--log", help="Also log to tensorboard or wandb (repeatable; train.trackers)."),
+]

@@ -12,6 +12,7 @@ from rich.console import Console
 from fdm_cli.cli.console import cli_errors
 from fdm_cli.cli.options import (
     DryRunOpt,
+    LogOpt,
     LrOpt,
     MaxStepsOpt,
     Opt,
@@ -50,10 +51,13 @@ def train(
     batch_size: Annotated[int | None, Opt(help="Global batch size.")] = None,
     lr: LrOpt = None,
     device: TrainDeviceOpt = None,
-    precision: Annotated[Precision | None, Opt(help="bf16 (UNet under autocast) or fp32.")] = None,
+    precision: Annotated[
+        Precision | None, Opt(help="bf16 or fp16 (CUDA; loss scaling): the UNet under autocast.")
+    ] = None,
     compile_: Annotated[bool | None, Opt("--compile/--no-compile", help="Compile the loss")] = None,
     seed: SeedOpt = None,
     threads: ThreadsOpt = None,
+    log: LogOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteRunOpt = False,
     set_: SetOpt = None,
@@ -82,6 +86,7 @@ def train(
         "train.compile": compile_,
         "train.seed": seed,
         "train.threads": threads,
+        "train.trackers": log or None,
     }
     base_dir = run_dir if saved is not None else None  # a saved config names run-relative assets
     cfg = resolve_train_config(config, preset, flags, set_ or [], saved, base_dir)
@@ -123,6 +128,7 @@ def train_autoencoder(
     holdout: Annotated[
         int | None, Opt(help="Last N images: never trained on (default 500).")
     ] = None,
+    log: LogOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteRunOpt = False,
     set_: SetOpt = None,
@@ -147,6 +153,7 @@ def train_autoencoder(
         "train.device": device,
         "train.threads": threads,
         "train.holdout": holdout,
+        "train.trackers": log or None,
     }
     from fdm_cli.config.autoencoder import resolve_autoencoder_config
     from fdm_cli.config.files import saved_run_config

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fdm_cli.config.choices import Device
+from fdm_cli.config.choices import Device, TrackerName
 from fdm_cli.seeding import MAX_SEED
 
 
@@ -65,6 +65,12 @@ class LoopOptions(Section):
     log_every: int = Field(10, gt=0, description="progress/CSV flush interval in steps")
     checkpoint_every: int = Field(500, gt=0, description="checkpoint + sample images every N steps")
     keep_checkpoints: int = Field(2, gt=0, description="keep the last K checkpoints")
+    trackers: list[TrackerName] = Field(
+        [],
+        description="also send the logged scalars, the checkpoint images and the evaluation "
+        "metrics to these trackers: tensorboard (RUN_DIR/tensorboard), wandb (offline with "
+        "WANDB_MODE=offline); rank 0 only (fdm_cli.training.tracking)",
+    )
     nonfinite: Literal["stop", "skip"] = Field(
         "stop",
         description="a NaN/inf loss or gradient norm: 'stop' training (the last checkpoint is "

@@ -11,7 +11,8 @@ from pydantic import AfterValidator
 from fdm_cli.config.presets import PRESETS
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]  # fdm-ds, fdm-blur-g, ...
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "fp16"]
+TrackerName = Literal["tensorboard", "wandb"]
 SamplerName = Literal["ddim", "ddpm"]
 
 DEVICE_HELP = "auto (cuda if available), cpu, cuda or cuda:N."

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fdm_cli.config.base import (
     MAX_BATCH,
@@ -88,7 +88,29 @@ class TrainOptions(LoopOptions):
     """`fdm train`'s loop: precision and the DDP settings besides the shared options."""
 
     precision: Precision = Field(
-        "fp32", description="bf16: the UNet under bf16 autocast, the process math in fp32"
+        "fp32",
+        description="bf16 or fp16 (CUDA only, with loss scaling): the UNet under autocast, the "
+        "process math and the loss in fp32",
+    )
+    grad_accum: int = Field(
+        1,
+        gt=0,
+        description="split each step's batch into this many micro-batches (the same update as "
+        "the whole batch: times, weights and noise are drawn for the whole batch)",
+    )
+    eval_every: int | None = Field(
+        None, gt=0, description="score the EMA model (FID, KID, precision, recall) every N steps"
+    )
+    eval_num: int = Field(1000, ge=4, description="images sampled for each evaluation")
+    eval_steps: int = Field(100, gt=0, description="sampler steps of each evaluation (DDIM)")
+    eval_ref: str | None = Field(
+        None, description="reference images of the evaluation (default: the training data)"
+    )
+    eval_ref_split: Literal["test", "train"] = Field(
+        "test", description="split of an IDX reference (Fashion-MNIST files)"
+    )
+    keep_best: bool = Field(
+        False, description="keep RUN_DIR/model-best, the EMA model with the lowest FID so far"
     )
     compile: bool = Field(
         False, description="torch.compile the loss graph (inductor; $FDM_COMPILE_BACKEND overrides)"
@@ -97,6 +119,17 @@ class TrainOptions(LoopOptions):
     find_unused_parameters: Literal["auto", True, False] = Field(
         "auto", description="DDP flag; auto: on when a rank's batch cannot hold every stage"
     )
+
+    @model_validator(mode="after")
+    def _evaluation(self) -> TrainOptions:
+        if self.keep_best and self.eval_every is None:
+            raise ValueError("train.keep_best needs train.eval_every (the steps to score at)")
+        if self.grad_accum > self.batch_size:
+            raise ValueError(
+                f"train.grad_accum {self.grad_accum} is more than the batch of "
+                f"{self.batch_size} images (each micro-batch needs at least one)"
+            )
+        return self
 
 
 class SampleOptions(Section):

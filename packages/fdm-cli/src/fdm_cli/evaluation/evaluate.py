@@ -13,7 +13,9 @@ preprocessing (`fdm_cli.evaluation.fid`). The reference images are loaded the wa
 training data was (resolution, channels, fit); if that data was zero-padded (28 -> 32) both sets are
 centre-cropped back to the original size before scoring. The crop is read from the model's
 training data source (the run's ``config.yaml``, a checkpoint's config or a MODEL_DIR's
-``config.json``); when that source is not available here, from the reference's geometry.
+``config.json``); when that source is not available here, from the reference's geometry. These
+steps (reference, sampling, scores) are `fdm_cli.evaluation.modeleval`'s, which the evaluation
+during training (``train.eval_every``) runs too, so both score a model the same way.
 
 ``--real A --real B``: two real sets, no model, each brought to 32 x 32 like training data and
 both cropped to the smaller padded size of the two. When A and B hold the same images (the same
@@ -32,13 +34,19 @@ import torch
 import yaml
 
 from fdm_cli.artifacts import checkpoints as ckpt
-from fdm_cli.config.files import is_command_or_url, load_config
+from fdm_cli.config.files import load_config
 from fdm_cli.data import Fit
-from fdm_cli.data.dataset import EMBEDDED, load_dataset, locate_source
+from fdm_cli.data.dataset import EMBEDDED, load_dataset
 from fdm_cli.errors import UserError
 from fdm_cli.evaluation import fid
-from fdm_cli.evaluation.metrics import precision_recall
-from fdm_cli.runtime.threads import ThreadTuner, configure_threads
+from fdm_cli.evaluation.modeleval import (
+    local_source,
+    model_reference,
+    sample_images,
+    score_samples,
+    scores,
+)
+from fdm_cli.runtime.threads import configure_threads
 from fdm_core import SamplerConfig, atomic_write, steps_per_stage
 
 DEFAULT_REAL_NUM = 2000
@@ -55,7 +63,7 @@ def training_data(model_path: Path) -> tuple[str | None, Fit]:
         if model_path.is_dir() and (model_path / "config.json").is_file():  # MODEL_DIR
             document = load_config(model_path / "config.json")
             fdm = document.get("fdm") if isinstance(document, dict) else None
-            return _local_source(fdm.get("data") if isinstance(fdm, dict) else None), "auto"
+            return local_source(fdm.get("data") if isinstance(fdm, dict) else None), "auto"
         run_dir = model_path
         if model_path.is_file():
             parent = model_path.parent
@@ -73,48 +81,7 @@ def training_data(model_path: Path) -> tuple[str | None, Fit]:
         return None, "auto"
     data = config.get("data") if isinstance(config, dict) else None
     data = data if isinstance(data, dict) else {}
-    return _local_source(data.get("source", EMBEDDED if config else None)), data.get("fit", "auto")
-
-
-def _local_source(source: object) -> str | None:
-    """`source` when it names local data, else None (not a string, a command or a URL)."""
-    return source if isinstance(source, str) and not is_command_or_url(source) else None
-
-
-def _model_crop(
-    source: str | None, ref: str, ref_split: str, resolution: int, fit: Fit
-) -> int | None:
-    """The crop of the model's training data (see the module docstring), else the reference's."""
-    candidates = [] if source is None else [lambda: str(locate_source(source)[0])]
-    candidates.append(lambda: fid.resolve_source(ref, ref_split))
-    for resolve in candidates:
-        try:
-            return fid.padded_crop(resolve(), resolution, fit)
-        except UserError:
-            continue
-    return None
-
-
-def _sample(
-    loaded: Any,
-    num: int,
-    seed: int,
-    config: SamplerConfig,
-    batch: int,
-    dev: Any,
-    progress: bool,
-    threads: ThreadTuner,
-) -> torch.Tensor:
-    from fdm_cli.generation.sampling import generate
-
-    chunks = []
-    with fid.progress_bar("sampling", num, progress) as advance:
-        for first in range(0, num, batch):
-            last = min(num, first + batch)
-            part = range(first, last)
-            chunks.append(generate(loaded, part, seed, config, None, batch, dev, threads=threads).x)
-            advance(last - first)
-    return torch.cat(chunks)
+    return local_source(data.get("source", EMBEDDED if config else None)), data.get("fit", "auto")
 
 
 def evaluate_model(
@@ -148,30 +115,17 @@ def evaluate_model(
     tuner = configure_threads(threads, tune=torch.device(device).type == "cpu")
     resolution, channels = loaded.process.config.resolution, loaded.process.config.channels
     source, fit = training_data(model_path)
-    crop = _model_crop(source, ref, ref_split, resolution, fit)
     network.to(device)
-    ref_stats = fid.reference_stats(
-        ref,
-        num,
-        resolution,
-        ref_split,
-        network,
-        cache_dir,
-        crop,
-        channels=channels,
-        fit=fit,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    reference = model_reference(
+        network, ref, ref_split, num, resolution, channels, source, fit, cache_dir,
+        batch_size=batch_size, progress=progress,
+    )  # fmt: skip
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        x = _sample(loaded, num, seed, config, batch_size, device, progress, tuner)
+    x = sample_images(loaded, range(num), seed, config, batch_size, device, progress, tuner)
     sample_s = time.perf_counter() - t0
-    feats = fid.fid_features(x, network, batch_size, crop, progress)
-    stats = fid.FeatureStats.from_features(feats)
     per_stage = steps_per_stage(loaded.process, config)  # >= 1 each: may exceed --steps (E28)
     return {
-        **scores(ref_stats, stats),
+        **score_samples(x, reference, network, batch_size, progress),
         "num": num,
         "steps": sum(per_stage),  # the steps that ran, not only the ones asked for
         "steps_requested": steps,
@@ -184,7 +138,7 @@ def evaluate_model(
         "model_description": loaded.description,
         "sample_s": sample_s,
         "sample_s_per_image": sample_s / num,
-        "crop": crop,
+        "crop": reference.crop,
         "resolution": resolution,
         "network_sha256": fid.network_digest(network),
     }
@@ -213,22 +167,14 @@ def evaluate_images(
     network = fid.load_fid_network() if network is None else network
     network.to(device)
     resolution, channels = int(images.shape[-1]), int(images.shape[1])
-    crop = _model_crop(None, ref, ref_split, resolution, "auto")
-    ref_stats = fid.reference_stats(
-        ref,
-        num,
-        resolution,
-        ref_split,
-        network,
-        cache_dir,
-        crop,
-        channels=channels,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    reference = model_reference(
+        network, ref, ref_split, num, resolution, channels, None, "auto", cache_dir, batch_size,
+        progress,
+    )  # fmt: skip
+    crop = reference.crop
     feats = fid.fid_features(images, network, batch_size, crop, progress)
     return {
-        **scores(ref_stats, fid.FeatureStats.from_features(feats)),
+        **scores(reference.stats, fid.FeatureStats.from_features(feats)),
         "num": num,
         "ref": ref,
         "ref_split": ref_split,
@@ -300,20 +246,6 @@ def evaluate_real(
         "crop": crop,
         "resolution": res,
         "network_sha256": fid.network_digest(network),
-    }
-
-
-def scores(real: fid.FeatureStats, fake: fid.FeatureStats) -> dict[str, float]:
-    """FID, KID (mean and std over subsets), precision and recall of `fake` against `real`
-    (docs/design.md §13 (E35-E38))."""
-    kid, kid_std = fid.kernel_inception_distance(fake.features, real.features)
-    precision, recall = precision_recall(real.features, fake.features)
-    return {
-        "fid": fid.frechet_distance(fake, real),
-        "kid": kid,
-        "kid_std": kid_std,
-        "precision": precision,
-        "recall": recall,
     }
 
 

@@ -95,7 +95,7 @@ def load_condition(
             why = "several stages have that size" if matches else "no stage has that size"
             raise UserError(
                 f"{path} is {width}x{height}: {why} (stages {_stages_text(model)}); pass "
-                f"--from-stage k{' and --resize' if not matches else ''}"
+                f"`from_stage` k{' and `resize=True`' if not matches else ''}"
                 + (
                     " (or use fdm deblur for a blur model)"
                     if task == "super-resolve" and matches
@@ -108,20 +108,20 @@ def load_condition(
         if not resize:
             raise UserError(
                 f"{path} is {width}x{height} but stage {stage} of this model is "
-                f"{_shape_text(target)} (stages {_stages_text(model)}); pass --resize "
-                "to resize it, or --from-stage k for a stage of that size"
+                f"{_shape_text(target)} (stages {_stages_text(model)}); pass `resize=True` "
+                "to resize it, or `from_stage` k for a stage of that size"
             )
         im = im.resize((target[2], target[1]), Image.Resampling.BICUBIC)
     gray = _is_gray(im)
     if channels == 1 and not gray and not resize:
         raise UserError(
             f"{path} is a colour image but the model is grayscale (1 channel); "
-            "pass --resize to convert it"
+            "pass `resize=True` to convert it"
         )
     if channels == 3 and im.mode not in ("RGB", "RGBA") and not resize:
         raise UserError(
             f"{path} is grayscale ({im.mode}) but the model expects RGB (3 channels); "
-            "pass --resize to convert it"
+            "pass `resize=True` to convert it"
         )
     signal = pil_to_tensor(im, channels) / 127.5 - 1.0
     return Condition(path, stage, signal)
@@ -186,20 +186,20 @@ def default_stage(model: LoadedModel, task: str) -> int | None:
 def check_start(model: LoadedModel, stage: int, start_t: float | None) -> None:
     b = model.process.boundaries
     if not 0 <= stage < len(model.process.stage_shapes):
-        raise UserError(f"--from-stage {stage}: this model has stages 0..{len(b) - 2}")
+        raise UserError(f"`from_stage` {stage}: this model has stages 0..{len(b) - 2}")
     if stage not in image_stages(model):
         raise UserError(
-            f"--from-stage {stage} is an autoencoder latent, not an image; image stages of "
+            f"`from_stage` {stage} is an autoencoder latent, not an image; image stages of "
             f"this model: {', '.join(map(str, image_stages(model)))}"
         )
     if stage == 0 and start_t is None:
         raise UserError(
-            "--from-stage 0 is the data itself; give --from-stage >= 1, or "
-            "--start-t > 0 to re-noise and re-sample it"
+            "`from_stage` 0 is the data itself; give `from_stage` >= 1, or "
+            "`start_t` > 0 to re-noise and re-sample it"
         )
     if start_t is not None and not b[stage] <= start_t <= b[stage + 1]:
         raise UserError(
-            f"--start-t {start_t}: stage {stage} spans t in [{b[stage]:.4g}, {b[stage + 1]:.4g}]"
+            f"`start_t` {start_t}: stage {stage} spans t in [{b[stage]:.4g}, {b[stage + 1]:.4g}]"
         )
 
 

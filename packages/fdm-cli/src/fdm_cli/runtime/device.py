@@ -27,3 +27,13 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
             )
         return torch.device(preference)
     return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def take_peak_memory(device: torch.device) -> float | None:
+    """GiB of device memory tensors took at most since the last call (None off CUDA), then a
+    new peak begins: the allocator's own counters, no synchronisation with the device."""
+    if device.type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return peak

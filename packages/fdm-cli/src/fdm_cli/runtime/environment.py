@@ -12,6 +12,7 @@ from importlib import metadata
 from typing import Any
 
 PACKAGES = ("fdm-core", "fdm-models", "fdm-transforms", "fdm-cli")
+TRACKERS = ("tensorboard", "wandb")  # the packages behind `fdm train --log` (fdm-cli extras)
 
 
 def plugin_table() -> dict[str, Any]:
@@ -92,6 +93,7 @@ def environment() -> dict[str, Any]:
         "attention_backend": attention,
         "ops_backend": ops,
         "packages": {name: _version(name) for name in PACKAGES},
+        "trackers": {name: _version(name) for name in TRACKERS},
         "plugins": {
             "components": counts,
             "distributions": sorted({p["distribution"] for p in table["plugins"]}),

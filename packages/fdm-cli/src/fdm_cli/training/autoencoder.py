@@ -32,6 +32,7 @@ RUN_DIR (default runs/autoencoder)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -55,16 +56,16 @@ from fdm_cli.runtime.threads import ThreadTuner, configure_threads
 from fdm_cli.seeding import MODEL_INIT, TRAIN_STEP, derive_seed
 from fdm_cli.training.data import IndexedImages, open_indexed
 from fdm_cli.training.nonfinite import NonfiniteGuard, diverged
+from fdm_cli.training.schedule import budget_text
 from fdm_cli.training.trainer import (
     Call,
     Stateful,
     Trainer,
     TrainingRun,
-    backward_and_update,
-    budget_text,
     call_trainer,
     open_run_dir,
 )
+from fdm_cli.training.update import backward_and_update
 from fdm_models import Autoencoder, AutoencoderLoss, save_autoencoder
 
 DEFAULT_RUN_DIR = Path("runs") / "autoencoder"
@@ -206,7 +207,11 @@ class AutoencoderTrainer(Trainer):
         if not math.isfinite(loss):
             raise diverged(loss, run.step, run.run_dir)
         parts = [float(out.reconstruction.detach()), float(out.regularization.detach())]
-        run.log.add(run.step, loss, parts, lr, float(grad_norm), run.elapsed)
+        norm = float(grad_norm)
+        run.log.add(run.step, loss, parts, lr, norm, run.elapsed)
+        names = ("train/loss", "train/reconstruction", "train/regularization")
+        scalars = dict(zip(names, (loss, *parts), strict=True))
+        run.trackers.scalars(run.step, scalars | {"train/lr": lr, "train/grad_norm": norm})
         self.loss = loss
 
     def read(self) -> float | None:
@@ -268,10 +273,11 @@ def _train(cfg: AutoencoderTrainConfig, call: Call) -> AutoencoderResult:
         f"{escape(str(run_dir))}",
         markup=True,
     )
-    end = trainer.train(call)
-    if end.interrupted:
-        return AutoencoderResult(run_dir, run.step, True, end.last_loss, call.wall())
-    return _finish(run, dataset, n_train, end.last_loss, call)
+    with contextlib.closing(run.trackers):
+        end = trainer.train(call)
+        if end.interrupted:
+            return AutoencoderResult(run_dir, run.step, True, end.last_loss, call.wall())
+        return _finish(run, dataset, n_train, end.last_loss, call)
 
 
 def _finish(
@@ -309,6 +315,8 @@ def _finish(
         "codebook_usage": usage,
     }
     atomic_write_bytes(run_dir / METRICS, (json.dumps(metrics, indent=2) + "\n").encode())
+    run.trackers.scalars(run.step, {"eval/psnr_db": psnr_db})
+    run.trackers.images(run.step, {"samples/reconstructions": grid_path})
     codes = f", codebook usage {100 * usage:.0f}%" if usage is not None else ""
     call.console.print(
         f"done: PSNR {psnr_db:.2f} dB on {where}{codes}, {run.step} steps, {wall:.0f} s "

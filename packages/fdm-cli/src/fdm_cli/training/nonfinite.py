@@ -7,7 +7,7 @@ anything of that step is saved, so the last checkpoint stays the last good one.
 ``skip``: `NonfiniteGuard.keep` looks at the loss and the global gradient norm after the
 backward pass and before the optimizer step. When either is NaN or infinite the caller skips the
 optimizer step, the EMA update and the step counter, so weights, EMA, AdamW state and the
-learning-rate schedule (a function of the step, `fdm_cli.training.trainer.learning_rate`) stay
+learning-rate schedule (a function of the step, `fdm_cli.training.schedule.learning_rate`) stay
 exactly as they were; the batch is dropped from the data stream (the position moves on, so the
 retry of the step takes the next batch, with the same step's noise seed), no loss.csv row is
 written, and a warning names the step and the count of skipped batches so far (in this

@@ -25,6 +25,7 @@ class TrainProgress:
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("{task.fields[ips]} it/s"),
             TextColumn("{task.fields[phases]}"),
+            TextColumn("{task.fields[memory]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -32,7 +33,9 @@ class TrainProgress:
             disable=not (show and main and console.is_terminal),
             transient=False,
         )
-        self.task = self.bar.add_task("train", total=1000, step=step, loss="-", ips="-", phases="")
+        self.task = self.bar.add_task(
+            "train", total=1000, step=step, loss="-", ips="-", phases="", memory=""
+        )
         self.rate_t = self.last_line = time.monotonic()
         self.rate_step = step
 
@@ -44,16 +47,23 @@ class TrainProgress:
         self.bar.__exit__(*exc)
 
     def update(
-        self, step: int, loss: float, elapsed: float, phases: dict[str, float] | None = None
-    ) -> None:
+        self,
+        step: int,
+        loss: float,
+        elapsed: float,
+        phases: dict[str, float] | None = None,
+        memory_gib: float | None = None,
+    ) -> float:
         """Step, loss, steps per second, the share of the budget spent and, given `phases`
         (seconds per step phase since the last update, `fdm_cli.training.steptime`), each
-        phase's share."""
+        phase's share, and given `memory_gib`, the peak GPU memory since the last update.
+        Returns the steps per second since the last update."""
         now = time.monotonic()
         ips = (step - self.rate_step) / max(1e-9, now - self.rate_t)
         self.rate_t, self.rate_step = now, step
         opts = self.opts
         shares = "" if phases is None else format_shares(phases)
+        memory = "" if memory_gib is None else f"mem {memory_gib:.2f} GiB"
         frac = max(
             step / opts.max_steps if opts.max_steps else 0.0,
             elapsed / (opts.minutes * 60) if opts.minutes else 0.0,
@@ -65,15 +75,18 @@ class TrainProgress:
             loss=f"{loss:.4f}",
             ips=f"{ips:.2f}",
             phases=shares,
+            memory=memory,
         )
         if self.show and not self.console.is_terminal and now - self.last_line >= 30:
             self.last_line = now
             rate = f"{ips:.2f} it/s" + (f" ({shares})" if shares else "")
+            rate += f", {memory}" if memory else ""
             self.console.print(
                 f"step {step}: loss {loss:.4f}, {rate}, {elapsed / 60:.1f} min, "
                 f"{100 * min(1.0, frac):.0f}% of the budget",
                 markup=False,
             )
+        return ips
 
     def note(self, message: str) -> None:
         """A line above the bar."""

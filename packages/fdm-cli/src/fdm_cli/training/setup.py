@@ -29,9 +29,13 @@ from fdm_cli.training.data import TrainingData, open_training_data
 from fdm_cli.training.trainer import Say, Stateful, TrainingRun, open_run_dir
 from fdm_core import (
     FDMProcess,
-    diffusion_loss,
+    LossBatch,
+    LossOutput,
+    batch_loss,
+    draw_loss_batch,
     packs_stages,
     stage_loss,
+    stratified_counts,
 )
 from fdm_models import EMA, MultiStageUNet
 
@@ -40,18 +44,22 @@ COMPILE_MODE_ENV = "FDM_COMPILE_MODE"  # torch.compile mode of train.compile
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # one AdamW kernel for all parameters (4x faster on CPU)
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision -> F's
+
+
 class Network:
-    """F as the loss calls it, under bf16 autocast when the run asks for it: the UNet per stage
-    and, when it declares that it can (``packs_stages``), packed, every stage in one call
+    """F as the loss calls it, under autocast when the run asks for bf16 or fp16: the UNet per
+    stage and, when it declares that it can (``packs_stages``), packed, every stage in one call
     (docs/design.md §6.6)."""
 
-    def __init__(self, unet: nn.Module, bf16: bool) -> None:
+    def __init__(self, unet: nn.Module, precision: str) -> None:
         self.unet = unet
-        self.bf16 = bf16
+        self.dtype = AUTOCAST_DTYPES.get(precision)
         self.packs_stages = packs_stages(unet)
 
     def _autocast(self, device: torch.device) -> torch.autocast:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        dtype = self.dtype or torch.bfloat16
+        return torch.autocast(device.type, dtype=dtype, enabled=self.dtype is not None)
 
     def __call__(self, z: torch.Tensor, t: torch.Tensor, stage: int) -> torch.Tensor:
         with self._autocast(z.device):
@@ -65,31 +73,45 @@ class Network:
 
 
 class LossModule(nn.Module):
-    """The training loss of a batch: draws the step's times and noise, then runs `stage_loss`
-    (the process math, the network and (E23)), so DDP sees one forward per step.
+    """The training loss: `draw` takes a step's times and noise for its batch (fdm-core's
+    `draw_loss_batch`), the call runs `batch_loss` (the process math, the network and (E23))
+    on that batch or on one of its micro-batches (``LossBatch.split``, docs/design.md §6.8), so
+    DDP sees one forward per micro-batch.
 
-    With `bf16`, only the network call runs under bf16 autocast; the process math around it
-    (stage signals, interpolation, noise, targets) and the loss stay fp32 (docs/design.md §6.5).
-    With `compile`, `stage_loss` runs as one ``torch.compile`` graph with static shapes (every
-    step has the same rows per stage): process math, packed UNet and loss, forward and
-    backward. The random draws stay outside it, so compiled and eager runs see the same noise.
+    With `precision` bf16 or fp16, only the network call runs under autocast; the process math
+    around it (stage signals, interpolation, noise, targets) and the loss stay fp32
+    (docs/design.md §6.5). With `compile`, `stage_loss` runs as one ``torch.compile`` graph with
+    static shapes (every step has the same rows per stage): process math, packed UNet and loss,
+    forward and backward. The random draws stay outside it, so compiled and eager runs see the
+    same noise.
     """
 
-    def __init__(self, process: FDMProcess, unet: nn.Module, compile: bool, bf16: bool) -> None:
+    def __init__(
+        self, process: FDMProcess, unet: nn.Module, compile: bool, precision: str = "fp32"
+    ) -> None:
         super().__init__()
         self.process = process
         self.unet = unet
-        self.network = Network(unet, bf16)
+        self.network = Network(unet, precision)
         self.static_loss = torch.compile(stage_loss, **compile_options()) if compile else None
 
-    def forward(
-        self, x: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """The loss, the per-stage losses (device tensors) and the rows per stage."""
-        out = diffusion_loss(
-            self.process, self.network, x, generator=generator, static_loss=self.static_loss
+    def draw(self, x: torch.Tensor, generator: torch.Generator) -> LossBatch:
+        """The step's stratified times, weights and eps for the batch `x`."""
+        return draw_loss_batch(self.process, x, generator=generator)
+
+    def forward(self, batch: LossBatch) -> LossOutput:
+        """The loss, the per-stage losses (device tensors) and the rows per stage of `batch`."""
+        return batch_loss(self.process, self.network, batch, self.static_loss)
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """The loss scaler of ``train.precision: fp16`` (docs/design.md §6.5); disabled (a no-op)
+    for fp32 and bf16. fp16 on a device other than CUDA is refused."""
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError(
+            f"`precision` fp16 needs a CUDA device (this run is on {device}); use bf16 or fp32"
         )
-        return out.loss, out.per_stage, out.counts
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 @dataclass
@@ -107,7 +129,9 @@ class Run(TrainingRun):
     unet: MultiStageUNet
     ema: EMA
     optimizer: torch.optim.Optimizer
-    module: nn.Module  # LossModule, in DistributedDataParallel under torchrun
+    module: nn.Module  # `loss`, in DistributedDataParallel under torchrun
+    loss: LossModule
+    scaler: torch.amp.GradScaler  # fp16's loss scaler; disabled for fp32 and bf16
     log: LossLog
     threads: ThreadTuner
     step: int = 0
@@ -128,6 +152,10 @@ class Run(TrainingRun):
         """The UNet's raw weights and their EMA."""
         return {"model": self.unet, "ema": self.ema}
 
+    def optional_states(self) -> dict[str, Stateful]:
+        """fp16's loss scaler (docs/design.md §6.5)."""
+        return {"scaler": self.scaler} if self.scaler.is_enabled() else {}
+
     def progress(self) -> dict[str, Any]:
         """The shared progress entry and the world size it was trained at."""
         return super().progress() | {"world_size": self.ctx.world_size}
@@ -147,6 +175,17 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext,
             f"`batch_size` {opts.batch_size} must be divisible by the "
             f"{ctx.world_size} ranks (it is the global batch)"
         )
+    if opts.grad_accum > opts.batch_size // ctx.world_size:
+        raise UserError(
+            f"train.grad_accum {opts.grad_accum} is more than the "
+            f"{opts.batch_size // ctx.world_size} images of a rank's batch (each micro-batch "
+            "needs at least one); lower it or raise `batch_size`"
+        )
+    scaler = make_scaler(opts.precision, ctx.device)  # fp16 off CUDA: refused before any work
+    if opts.eval_every is not None:  # a missing FID network: refused before anything is written
+        from fdm_cli.evaluation.fid import network_path
+
+        network_path()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)) if ctx.enabled else 1
     threads = configure_threads(opts.threads, local, tune=ctx.device.type == "cpu")
     latest = open_run_dir(run_dir, resume, ctx, say)
@@ -165,14 +204,18 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext,
     unet = MultiStageUNet(cfg.model).to(ctx.device)
     ema = EMA(unet, cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup)
     optimizer = make_optimizer(unet, cfg.optim, ctx.device)
-    module = LossModule(process, unet, opts.compile, bf16=opts.precision == "bf16")
+    module = LossModule(process, unet, opts.compile, opts.precision)
     log = LossLog(run_dir / "loss.csv", process.num_stages)
-    run = Run(cfg, ctx, run_dir, dataset, process, unet, ema, optimizer, module, log, threads)
+    run = Run(
+        cfg, ctx, run_dir, dataset, process, unet, ema, optimizer, module, module, scaler, log,
+        threads,
+    )  # fmt: skip
     run.begin(latest, resume, say)
     if ctx.enabled:  # wrapped once the weights are loaded
         find_unused = opts.find_unused_parameters
-        if find_unused == "auto":
-            find_unused = opts.batch_size // ctx.world_size < process.num_stages
+        if find_unused == "auto":  # a micro-batch without a stage leaves its heads unused
+            counts = stratified_counts(process, opts.batch_size // ctx.world_size)
+            find_unused = counts is None or min(counts) < opts.grad_accum
         run.module = nn.parallel.DistributedDataParallel(
             module,
             device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,

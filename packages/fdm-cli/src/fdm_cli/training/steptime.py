@@ -28,8 +28,8 @@ class StepTimer:
         self.cuda = device.type == "cuda"
         self._total = dict.fromkeys(PHASES, 0.0)
         self.window = dict.fromkeys(PHASES, 0.0)
-        self._marks: list[float | torch.cuda.Event] = []
-        self._pending: list[list[float | torch.cuda.Event]] = []  # finished steps, unread
+        self._marks: list[tuple[str, float | torch.cuda.Event]] = []  # (phase ended, when)
+        self._pending: list[list[tuple[str, float | torch.cuda.Event]]] = []  # finished, unread
 
     def _now(self) -> float | torch.cuda.Event:
         if not self.cuda:
@@ -40,18 +40,24 @@ class StepTimer:
 
     def start(self) -> None:
         """A step begins: its data phase (reading the batch) starts now."""
-        self._marks = [self._now()]
+        self._marks = [("", self._now())]
 
-    def mark(self) -> None:
-        """The current phase ends and the next one (in `PHASES` order) begins."""
-        self._marks.append(self._now())
+    def mark(self, phase: str | None = None) -> None:
+        """`phase` ends now (default: the phase after the last one ended, in `PHASES` order).
+        A phase may end several times in a step (gradient accumulation alternates forward and
+        backward); each interval counts for the phase that ends it."""
+        if phase is None:
+            last = self._marks[-1][0]
+            phase = PHASES[PHASES.index(last) + 1 if last else 0]
+        self._marks.append((phase, self._now()))
 
     def stop(self) -> None:
         """The step's last phase ends; its seconds are added to `total` and `window` when read
         (on CPU at once)."""
-        self.mark()
-        if len(self._marks) != len(PHASES) + 1:
-            raise RuntimeError(f"a step has {len(PHASES)} phases, got {len(self._marks) - 1}")
+        self.mark("optimizer")
+        ended = {phase for phase, _ in self._marks[1:]}
+        if ended != set(PHASES):
+            raise RuntimeError(f"a step has {len(PHASES)} phases, got {len(ended)}")
         self._pending.append(self._marks)
         if not self.cuda:
             self._settle()
@@ -61,13 +67,10 @@ class StepTimer:
         if not self._pending:
             return
         if self.cuda:
-            self._pending[-1][-1].synchronize()
+            self._pending[-1][-1][1].synchronize()
         for marks in self._pending:
-            if self.cuda:
-                seconds = [a.elapsed_time(b) / 1000 for a, b in pairwise(marks)]
-            else:
-                seconds = [b - a for a, b in pairwise(marks)]
-            for phase, s in zip(PHASES, seconds, strict=True):
+            for (_, a), (phase, b) in pairwise(marks):
+                s = a.elapsed_time(b) / 1000 if self.cuda else b - a
                 self._total[phase] += s
                 self.window[phase] += s
         self._pending = []

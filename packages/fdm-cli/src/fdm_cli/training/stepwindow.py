@@ -29,6 +29,7 @@ class StepRow:
     stage_means: list[float]  # mean loss per stage (NaN for a stage with no rows in the step)
     lr: float
     elapsed: float
+    overflow: bool = False  # fp16: the loss scaler skipped the update (docs/design.md §6.5)
 
 
 class StepWindow:
@@ -53,14 +54,17 @@ class StepWindow:
         grad_norm: torch.Tensor,
         per_stage: torch.Tensor,
         counts: list[int],
+        overflow: torch.Tensor | None = None,
     ) -> None:
-        """Record a step (tensors stay on the device; nothing is read back)."""
+        """Record a step (tensors stay on the device; nothing is read back); `overflow` (fp16):
+        1 when the loss scaler skipped the update."""
         key = tuple(counts)
         if key not in self._counts:  # stratified batches repeat the same counts every step
             self._counts[key] = torch.tensor(key, dtype=torch.float64).to(loss.device)
         n = self._counts[key]
         sums = torch.where(n > 0, per_stage.double() * n, 0.0)  # NaN kept where rows exist
-        head = torch.stack([loss.detach().double(), grad_norm.detach().double()])
+        flag = loss.new_zeros(()) if overflow is None else overflow
+        head = torch.stack([loss.detach().double(), grad_norm.detach().double(), flag.double()])
         self._rows.append(torch.cat([head, sums, n]))
         self._host.append((step, lr, elapsed))
 
@@ -75,8 +79,8 @@ class StepWindow:
         k = self.num_stages
         rows = []
         for v, (step, lr, elapsed) in zip(values.tolist(), self._host, strict=True):
-            sums, counts = v[2 : 2 + k], v[2 + k : 2 + 2 * k]
+            sums, counts = v[3 : 3 + k], v[3 + k : 3 + 2 * k]
             means = [s / c if c > 0 else math.nan for s, c in zip(sums, counts, strict=True)]
-            rows.append(StepRow(step, v[0], v[1], means, lr, elapsed))
+            rows.append(StepRow(step, v[0], v[1], means, lr, elapsed, v[2] > 0))
         self._rows, self._host = [], []
         return rows

@@ -9,13 +9,16 @@ what is written beside a checkpoint). This module owns everything else, the same
   flushing denormals on CPU; the DDP shutdown) and `open_run_dir` (the "already holds a run"
   refusal, the sweep of temporary files an interrupted write left);
 - resuming or starting (`TrainingRun.begin`): the checkpoint's state, refused when the config
-  changed what it must not, the loss log cut back or started, config.yaml;
-- the loop (`Trainer.train`): the learning-rate schedule (`learning_rate`), the step or time
-  budget (`budget_spent`), SIGINT/SIGTERM and ``should_stop``, the progress line, a checkpoint
-  every ``train.checkpoint_every`` steps, and at the end the last checkpoint and, when stopped
-  early, how to continue;
-- the update of a step (`backward_and_update`): backward, gradient clipping, the non-finite
-  policy (`fdm_cli.training.nonfinite`) and the optimizer step.
+  changed what it must not, the loss log cut back or started, config.yaml, the trackers
+  (``train.trackers``, `fdm_cli.training.tracking`) opened at the checkpoint's step;
+- the loop (`Trainer.train`): the learning-rate schedule and the step or time budget
+  (`fdm_cli.training.schedule`), SIGINT/SIGTERM and ``should_stop``, the progress line and the
+  trackers' ``perf/`` scalars (`performance`), a checkpoint every ``train.checkpoint_every``
+  steps, the trainer's evaluation when due (its time kept out of the budget: ``train.minutes``
+  counts training, checkpoints and samples, not scoring), and at the end the last checkpoint
+  and, when stopped early, how to continue;
+- the update of a step (`fdm_cli.training.update`): backward, gradient clipping (fp16's
+  loss scaler), the non-finite policy (`fdm_cli.training.nonfinite`) and the optimizer step.
 
 The f-DM trainer is `fdm_cli.training.loop` (with `fdm_cli.training.setup`), the autoencoder's
 `fdm_cli.training.autoencoder`. A run's config is read through `fdm_cli.config.base`'s types.
@@ -23,10 +26,9 @@ The f-DM trainer is `fdm_cli.training.loop` (with `fdm_cli.training.setup`), the
 
 from __future__ import annotations
 
-import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -38,49 +40,22 @@ from fdm_cli.artifacts import checkpoints as ckpt
 from fdm_cli.artifacts.losslog import LossLog
 from fdm_cli.artifacts.pictures import atomic_write_bytes
 from fdm_cli.artifacts.runlock import locked_run_dir
-from fdm_cli.config.base import LoopOptions, TrainingConfig
+from fdm_cli.config.base import TrainingConfig
 from fdm_cli.errors import UserError
 from fdm_cli.runtime import distributed as dist_
+from fdm_cli.runtime.device import take_peak_memory
 from fdm_cli.runtime.signals import graceful_stop
 from fdm_cli.runtime.threads import ThreadTuner
-from fdm_cli.training.nonfinite import NonfiniteGuard
 from fdm_cli.training.progress import TrainProgress
-from fdm_cli.training.steptime import StepTimer
+from fdm_cli.training.schedule import budget_spent, learning_rate
+from fdm_cli.training.steptime import PHASES
+from fdm_cli.training.tracking import Trackers, check_trackers, open_trackers
 
 Say = Callable[..., None]  # say(message, markup=False): print on rank 0 only
 
 
 # ---------------------------------------------------------------------------------------------
 # Schedule and budget
-
-
-def learning_rate(cfg: TrainingConfig, step: int, elapsed_s: float) -> float:
-    """Linear warm-up, then constant or cosine to 10% over the step/time budget."""
-    optim, opts = cfg.optim, cfg.train
-    if optim.warmup_steps and step < optim.warmup_steps:
-        return optim.lr * (step + 1) / optim.warmup_steps
-    if optim.decay == "constant":
-        return optim.lr
-    fractions = []
-    if opts.max_steps:
-        fractions.append((step - optim.warmup_steps) / max(1, opts.max_steps - optim.warmup_steps))
-    if opts.minutes:
-        fractions.append(elapsed_s / (opts.minutes * 60))
-    frac = min(1.0, max(0.0, max(fractions)))
-    return optim.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-def budget_spent(opts: LoopOptions, step: int, elapsed_s: float) -> bool:
-    """True once ``train.max_steps`` steps or ``train.minutes`` of training are done."""
-    return (opts.max_steps is not None and step >= opts.max_steps) or (
-        opts.minutes is not None and elapsed_s >= opts.minutes * 60
-    )
-
-
-def budget_text(opts: LoopOptions) -> str:
-    """The budget as the opening line names it: "N steps", "M min" or both."""
-    parts = (opts.max_steps and f"{opts.max_steps} steps", opts.minutes and f"{opts.minutes:g} min")
-    return " / ".join(part for part in parts if part)
 
 
 def agree(ctx: dist_.DistContext, clock: float, stop: bool) -> tuple[float, bool]:
@@ -143,6 +118,7 @@ def call_trainer(
     meanwhile; afterwards torch's default is back and a DDP process group is shut down."""
     t_wall = time.monotonic()
     console = console or Console(highlight=False, soft_wrap=True)
+    check_trackers(cfg.train.trackers)  # a missing package: refused before anything is written
     ctx = start()
     cpu = ctx.device.type == "cpu"
     if cpu:
@@ -201,10 +177,16 @@ class TrainingRun(ABC):
     position: int  # images of the data stream consumed, all ranks together
     elapsed: float  # training seconds, summed over resumes
     resumed: bool  # continued from a checkpoint
+    trackers: Trackers = Trackers()  # opened by `begin` (``train.trackers``, rank 0)
 
     @abstractmethod
     def weights(self) -> dict[str, Stateful]:
         """The named weights a checkpoint holds (before the optimizer, RNG and progress)."""
+
+    def optional_states(self) -> dict[str, Stateful]:
+        """What a checkpoint holds besides the weights, optimizer, RNG and progress when the
+        run has it (the fp16 loss scaler); restored when the checkpoint holds it."""
+        return {}
 
     def progress(self) -> dict[str, Any]:
         """The checkpoint's ``progress`` entry."""
@@ -235,6 +217,11 @@ class TrainingRun(ABC):
             self.log.start()
         if main:
             atomic_write_bytes(self.run_dir / ckpt.CONFIG_FILE, self.cfg.to_yaml().encode())
+        resumed_at = self.step if self.resumed else None  # trackers drop what came after it
+        config = self.cfg.to_dict()
+        self.trackers = open_trackers(
+            self.cfg.train.trackers, self.run_dir, config, resumed_at, main
+        )
 
     def _restore(self, latest: Path) -> None:
         """Load the checkpoint `latest` (its config checked first, `refuse_changes`)."""
@@ -244,6 +231,9 @@ class TrainingRun(ABC):
         with ckpt.restoring(latest):
             for name, part in weights.items():
                 part.load_state_dict(state[name])
+            for name, part in self.optional_states().items():
+                if name in state:
+                    part.load_state_dict(state[name])
             self.optimizer.load_state_dict(ckpt.optimizer_from_tree(state["optimizer"]))
             ckpt.set_rng_state(state["rng"])
         progress = state["progress"]
@@ -254,7 +244,8 @@ class TrainingRun(ABC):
         """Rank 0 saves the whole training state (and flushes the loss log and its plot)."""
         if not self.ctx.is_main:
             return
-        state: dict[str, Any] = {name: part.state_dict() for name, part in self.weights().items()}
+        parts = self.weights() | self.optional_states()
+        state: dict[str, Any] = {name: part.state_dict() for name, part in parts.items()}
         state["optimizer"] = ckpt.optimizer_to_tree(self.optimizer.state_dict())
         state["rng"] = ckpt.rng_state()
         state["progress"] = self.progress()
@@ -264,32 +255,22 @@ class TrainingRun(ABC):
         self.log.save_plot(self.run_dir / "loss.png")
 
 
-def backward_and_update(
-    optimizer: torch.optim.Optimizer,
-    loss: torch.Tensor,
-    parameters: Iterable[torch.Tensor],
-    clip: float,
-    guard: NonfiniteGuard | None,
-    step: int,
-    timer: StepTimer | None = None,
-) -> tuple[torch.Tensor, bool]:
-    """Backward pass of `loss`, the global gradient norm clipped to `clip` (0: not clipped),
-    and the optimizer step unless `guard` (``train.nonfinite: skip``) skips this batch; `step`
-    is the number the step would get. Returns (gradient norm, whether the update was applied).
-    Nothing is read back to the host except by `guard`. `timer` is marked after the backward."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if timer is not None:
-        timer.mark()  # backward -> optimizer
-    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip if clip > 0 else math.inf)
-    applied = guard is None or guard.keep(loss, grad_norm, step)
-    if applied:
-        optimizer.step()
-    return grad_norm, applied
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop
+
+
+def performance(
+    images_per_s: float, phases: dict[str, float] | None, memory_gib: float | None
+) -> dict[str, float]:
+    """The trackers' ``perf/`` scalars of a log window: images per second, each step phase's
+    share of the step time, and the peak GPU memory (on CUDA)."""
+    values = {"perf/images_per_s": images_per_s}
+    total = sum(phases.values()) if phases else 0.0
+    if phases and total > 0:
+        values |= {f"perf/{phase}_share": phases[phase] / total for phase in PHASES}
+    if memory_gib is not None:
+        values["perf/gpu_mem_gib"] = memory_gib
+    return values
 
 
 @dataclass
@@ -305,6 +286,7 @@ class Trainer(ABC):
 
     def __init__(self, run: TrainingRun) -> None:
         self.run = run
+        self.evaluation_s = 0.0  # seconds spent scoring the model (`evaluate`)
 
     @abstractmethod
     def step(self) -> bool:
@@ -329,6 +311,14 @@ class Trainer(ABC):
         """Seconds per step phase since the last call, for the progress line (None: untimed)."""
         return None
 
+    def evaluation_due(self, step: int) -> bool:
+        """Whether the model is scored after `step` (``train.eval_every``; every rank the same)."""
+        return False
+
+    def evaluate(self) -> str:
+        """Score the model at the run's step (every rank takes part); says what was measured."""
+        raise NotImplementedError
+
     def train(self, call: Call) -> LoopEnd:
         """Step until the budget is spent or a stop: a signal (SIGINT/SIGTERM finish the
         step), or ``call.should_stop(step)`` -> True (as an interruption). The statistics are
@@ -345,15 +335,19 @@ class Trainer(ABC):
         ):
 
             def read() -> None:
-                """The loss log, the progress line, and a stop at a non-finite loss (before
-                anything of that step is saved)."""
+                """The loss log, the progress line, the trackers' step rate, phase shares and
+                GPU memory, and a stop at a non-finite loss (before anything of that step is
+                saved)."""
                 nonlocal last_loss
                 loss = self.read()
                 last_loss = last_loss if loss is None else loss
                 if main:
                     run.log.flush()
-                    if last_loss is not None:
-                        progress.update(run.step, last_loss, run.elapsed, self.phases())
+                    if loss is not None:  # steps were read: a window to report
+                        phases, memory = self.phases(), take_peak_memory(ctx.device)
+                        rate = progress.update(run.step, last_loss, run.elapsed, phases, memory)
+                        perf = performance(rate * opts.batch_size, phases, memory)
+                        run.trackers.scalars(run.step, perf)
 
             while not budget_spent(opts, run.step, run.elapsed):
                 lr = learning_rate(run.cfg, run.step, run.elapsed)
@@ -384,6 +378,15 @@ class Trainer(ABC):
                     run.threads.pause()  # not a training step
                     if main:
                         progress.note(f"step {run.step}: loss {last_loss:.4f}; {written}")
+                if self.evaluation_due(run.step):
+                    t_eval = time.monotonic()
+                    scored = self.evaluate()
+                    spent = time.monotonic() - t_eval
+                    t_start += spent  # not training time: the budget counts training only
+                    self.evaluation_s += spent
+                    run.threads.pause()
+                    if main:
+                        progress.note(scored)
             read()
             progress.finish(run.step, last_loss, interrupted)
 
