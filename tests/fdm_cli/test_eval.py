@@ -293,3 +293,17 @@ def test_eval_user_errors(args: list[str], message: str, env: Path, cli) -> None
 def test_eval_model_needs_num(ds_run: Path, env: Path, cli) -> None:
     result = cli("eval", ds_run)
     assert result.exit_code == 2 and "--num is required" in result.output
+
+
+def test_a_model_dir_names_its_training_fit_and_a_bad_one_is_ignored(tmp_path: Path) -> None:
+    """model-best/ and model/ record ``data.fit``, so `fdm eval MODEL_DIR` crops as the run's
+    own evaluation did (a resized data set is not centre-cropped back)."""
+    from fdm_cli.evaluation.evaluate import training_data
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"fdm": {"data": "photos", "fit": "resize"}}))
+    assert training_data(tmp_path) == ("photos", "resize")
+    config.write_text(json.dumps({"fdm": {"data": "photos", "fit": "$(rm -rf /)"}}))
+    assert training_data(tmp_path) == ("photos", "auto")
+    config.write_text(json.dumps({"fdm": "not a mapping"}))
+    assert training_data(tmp_path) == (None, "auto")

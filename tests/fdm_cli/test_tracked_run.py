@@ -1,7 +1,8 @@
 """A tracked, evaluated run end to end: `fdm train --log tensorboard --set train.eval_every=...`
 writes TensorBoard event files with the loss, per-stage, learning-rate, gradient-norm, speed and
 evaluation scalars and the checkpoint images, and a metrics.csv; resumed through the Python API,
-both continue at the checkpoint's step with nothing logged twice.
+both continue at the checkpoint's step with nothing logged twice. `fdm train-autoencoder --log`
+sends its own losses, its PSNR and its reconstructions.
 
 Bugs caught: a scalar or image the run promises that never reaches the tracker; points logged
 twice at a step (the last read of the loop, the final images at a checkpoint's step); the
@@ -25,6 +26,7 @@ from fdm_cli.training.evaluation import METRICS_FILE, read_metrics
 from .conftest import TINY, run_cli
 from .test_eval import env  # noqa: F401  (a fixture: the stand-in FID network, a fresh cache)
 from .test_tracking import events, points
+from .test_train_autoencoder import TINY_AE
 
 pytest.importorskip("tensorboard")
 
@@ -91,3 +93,15 @@ def test_the_peak_gpu_memory_reaches_the_tracker(tmp_path: Path) -> None:
     assert all(
         0 < gib < torch.cuda.get_device_properties(0).total_memory / 2**30 for _, gib in memory
     )
+
+
+def test_the_autoencoder_trainer_logs_its_losses_psnr_and_reconstructions(tmp_path: Path) -> None:
+    run_dir = tmp_path / "ae"
+    args = ["train-autoencoder", "--out", run_dir, "--max-steps", "3", "--log", "tensorboard"]
+    result = run_cli(*args, *TINY_AE)
+    assert result.exit_code == 0, result.output
+    acc = events(run_dir)
+    for tag in ("train/loss", "train/reconstruction", "train/regularization", "train/lr"):
+        assert _steps(acc, tag) == [1, 2, 3], tag
+    assert _steps(acc, "eval/psnr_db") == [3]
+    assert [e.step for e in acc.Images("samples/reconstructions")] == [3]

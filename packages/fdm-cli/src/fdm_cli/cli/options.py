@@ -48,5 +48,9 @@ DryRunOpt = Annotated[bool, Opt(help="Print the resolved config and exit.")]
 ProgressOpt = Annotated[bool, Opt(help="Show the progress bar.")]
 LogOpt = Annotated[  # checked by the config (train.trackers): Typer lists take no Literal
     list[str] | None,
-    Opt("--log", help="Also log to tensorboard or wandb (repeatable; train.trackers)."),
+    Opt(
+        "--log",
+        metavar="<tensorboard|wandb>",
+        help="Also log to tensorboard or wandb (repeatable; train.trackers).",
+    ),
 ]

@@ -54,6 +54,12 @@ MIN_NUM = 4  # precision/recall's k = 3 nearest neighbours need k + 1 images (FI
 REAL_RESOLUTION = 32
 
 
+def _fit(value: object) -> Fit:
+    """A saved ``data.fit`` when it is one of the fits, else "auto" (a folder's text is not
+    trusted)."""
+    return value if value in ("auto", "pad", "resize") else "auto"  # type: ignore[return-value]
+
+
 def training_data(model_path: Path) -> tuple[str | None, Fit]:
     """(data source, fit) the model at `model_path` was trained on; source None if unknown or
     a command or URL (a run or model folder never chooses what eval runs or downloads). A config
@@ -63,7 +69,8 @@ def training_data(model_path: Path) -> tuple[str | None, Fit]:
         if model_path.is_dir() and (model_path / "config.json").is_file():  # MODEL_DIR
             document = load_config(model_path / "config.json")
             fdm = document.get("fdm") if isinstance(document, dict) else None
-            return local_source(fdm.get("data") if isinstance(fdm, dict) else None), "auto"
+            fdm = fdm if isinstance(fdm, dict) else {}
+            return local_source(fdm.get("data")), _fit(fdm.get("fit"))
         run_dir = model_path
         if model_path.is_file():
             parent = model_path.parent
@@ -81,7 +88,7 @@ def training_data(model_path: Path) -> tuple[str | None, Fit]:
         return None, "auto"
     data = config.get("data") if isinstance(config, dict) else None
     data = data if isinstance(data, dict) else {}
-    return local_source(data.get("source", EMBEDDED if config else None)), data.get("fit", "auto")
+    return local_source(data.get("source", EMBEDDED if config else None)), _fit(data.get("fit"))
 
 
 def evaluate_model(

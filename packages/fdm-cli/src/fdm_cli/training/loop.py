@@ -158,7 +158,12 @@ def save_model(run: Run, folder: Path) -> None:
         partial,
         extra_config={
             "process": run.cfg.process.model_dump(mode="json"),
-            "fdm": {"preset": run.cfg.preset, "step": run.step, "data": run.cfg.data.source},
+            "fdm": {
+                "preset": run.cfg.preset,
+                "step": run.step,
+                "data": run.cfg.data.source,
+                "fit": run.cfg.data.fit,  # how `fdm eval` loads its reference (the crop)
+            },
         },
     )
     if folder.exists():
