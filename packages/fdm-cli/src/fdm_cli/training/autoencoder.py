@@ -65,7 +65,7 @@ from fdm_cli.training.trainer import (
     call_trainer,
     open_run_dir,
 )
-from fdm_cli.training.update import backward_and_update
+from fdm_cli.training.update import update
 from fdm_models import Autoencoder, AutoencoderLoss, save_autoencoder
 
 DEFAULT_RUN_DIR = Path("runs") / "autoencoder"
@@ -193,8 +193,10 @@ class AutoencoderTrainer(Trainer):
         x = self.dataset.batch(idx, flip).to(run.ctx.device)
         run.model.train()
         out = run.model.loss(x, generator)
+        run.optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
         clip = run.cfg.optim.grad_clip
-        grad_norm, applied = backward_and_update(
+        grad_norm, applied = update(
             run.optimizer, out.total, run.model.parameters(), clip, self.guard, run.step + 1
         )
         self.last = out, grad_norm

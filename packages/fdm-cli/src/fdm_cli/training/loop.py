@@ -120,10 +120,8 @@ class FDMTrainer(Trainer):
         return loss
 
     def at_checkpoint(self) -> str:
-        step, folder = self.run.step, self.run.run_dir / ckpt.SAMPLES
-        grid, strip = f"step-{step:08d}.png", f"strip-{step:08d}.png"
-        self.run.write_images(grid, strip)
-        images = {"samples/grid": folder / grid, "samples/strip": folder / strip}
+        step = self.run.step
+        images = self.run.write_images(f"step-{step:08d}.png", f"strip-{step:08d}.png")
         self.run.trackers.images(step, images)
         return "checkpoint and samples written"
 
@@ -243,13 +241,12 @@ def accumulation_text(grad_accum: int) -> str:
 def finish(run: Run, trainer: FDMTrainer, last_loss: float | None, call: Call) -> None:
     """The final samples, loss plot and ``model/``, and the closing line."""
     run_dir, samples = run.run_dir, run.run_dir / ckpt.SAMPLES
-    run.write_images("final.png", "final-strip.png")
+    images = run.write_images("final.png", "final-strip.png")
     if run.ctx.is_main:
         run.log.save_plot(run_dir / "loss.png")
         save_model(run, run_dir / ckpt.MODEL_DIR)
         if run.step % run.cfg.train.checkpoint_every:  # else sent with that checkpoint's
-            grid, strip = samples / "final.png", samples / "final-strip.png"
-            run.trackers.images(run.step, {"samples/grid": grid, "samples/strip": strip})
+            run.trackers.images(run.step, images)
     dist_.barrier(run.ctx)
     shown = last_loss if last_loss is not None else float("nan")
     notes = [f"steps: {format_shares(trainer.timer.total)}"]

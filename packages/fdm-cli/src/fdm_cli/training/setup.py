@@ -160,11 +160,13 @@ class Run(TrainingRun):
         """The shared progress entry and the world size it was trained at."""
         return super().progress() | {"world_size": self.ctx.world_size}
 
-    def write_images(self, grid: str, strip: str) -> None:
-        """A sample grid and a stage strip from the EMA weights (all ranks sample)."""
+    def write_images(self, grid: str, strip: str) -> dict[str, Path]:
+        """A sample grid and a stage strip from the EMA weights (all ranks sample); returns
+        them as the trackers name them (``samples/grid``, ``samples/strip``)."""
         model = LoadedModel(self.process, self.ema.averaged_model(self.unet), "ema")
         folder = self.run_dir / ckpt.SAMPLES
         write_samples(self.ctx, self.cfg, model, folder / grid, folder / strip)
+        return {"samples/grid": folder / grid, "samples/strip": folder / strip}
 
 
 def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext, say: Say) -> Run:

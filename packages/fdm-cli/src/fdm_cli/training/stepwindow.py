@@ -41,6 +41,7 @@ class StepWindow:
         self._rows: list[torch.Tensor] = []
         self._host: list[tuple[int, float, float]] = []  # (step, lr, elapsed) per row
         self._counts: dict[tuple[int, ...], torch.Tensor] = {}
+        self._no_overflow: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -63,8 +64,11 @@ class StepWindow:
             self._counts[key] = torch.tensor(key, dtype=torch.float64).to(loss.device)
         n = self._counts[key]
         sums = torch.where(n > 0, per_stage.double() * n, 0.0)  # NaN kept where rows exist
-        flag = loss.new_zeros(()) if overflow is None else overflow
-        head = torch.stack([loss.detach().double(), grad_norm.detach().double(), flag.double()])
+        if overflow is None:  # one device zero for every step without a loss scaler
+            if self._no_overflow is None:
+                self._no_overflow = loss.new_zeros(())
+            overflow = self._no_overflow
+        head = torch.stack([loss.detach().double(), grad_norm.detach().double(), overflow.double()])
         self._rows.append(torch.cat([head, sums, n]))
         self._host.append((step, lr, elapsed))
 

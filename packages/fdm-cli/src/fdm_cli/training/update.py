@@ -1,7 +1,7 @@
-"""The update of a training step after its loss: backward, gradient clipping, the non-finite
+"""The update of a training step after its backward pass: gradient clipping, the non-finite
 policy (`fdm_cli.training.nonfinite`), fp16's loss scaler (docs/design.md §6.5) and the
-optimizer step. `fdm train`'s step (`fdm_cli.training.step`) calls `update` after its own
-backward passes (one per micro-batch); `fdm train-autoencoder` calls `backward_and_update`.
+optimizer step. `fdm train`'s step (`fdm_cli.training.step`) calls `update` after its backward
+passes (one per micro-batch), `fdm train-autoencoder`'s step after its one.
 """
 
 from __future__ import annotations
@@ -12,25 +12,6 @@ from collections.abc import Iterable
 import torch
 
 from fdm_cli.training.nonfinite import NonfiniteGuard
-from fdm_cli.training.steptime import StepTimer
-
-
-def backward_and_update(
-    optimizer: torch.optim.Optimizer,
-    loss: torch.Tensor,
-    parameters: Iterable[torch.Tensor],
-    clip: float,
-    guard: NonfiniteGuard | None,
-    step: int,
-    timer: StepTimer | None = None,
-) -> tuple[torch.Tensor, bool]:
-    """Backward pass of `loss`, then `update`. Returns (gradient norm, whether the update was
-    applied). `timer` is marked after the backward."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if timer is not None:
-        timer.mark("backward")
-    return update(optimizer, loss, parameters, clip, guard, step)
 
 
 def update(
