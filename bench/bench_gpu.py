@@ -11,12 +11,13 @@ Run from the repository root (`bench/gpu_check.sh` runs all three parts):
     python bench/bench_gpu.py train --device cpu --quick    # a check on any machine
 
 A training step is exactly `fdm train`'s (`fdm_cli.TrainingStep`: the packed loss, backward,
-clip, fused AdamW, EMA; `--compile on` compiles the loss graph as ``train.compile`` does) on
-random data of the preset's shape, so the data path is not timed. Each configuration builds both
-presets of a pair, warms them up (compiling when asked), then times windows of steps of the two
-in turn (A B A B ...), synchronising the device at each window's end; the median window gives
-images/s and the ratio A/B. Sampling runs `fdm_core.sample` (DDIM, ``--steps`` total) at
-``--batch`` images with untrained weights (the work does not depend on them), A and B in turn.
+clip, fused AdamW, EMA; `--compile on` compiles the loss and the update as ``train.compile``
+does) on random data of the preset's shape, so the data path is not timed. Each configuration
+builds both presets of a pair, warms them up (compiling when asked), then times windows of steps
+of the two in turn (A B A B ...), synchronising the device at each window's end; the median
+window gives images/s and the ratio A/B. Sampling runs `fdm_core.sample` (DDIM, ``--steps``
+total) at ``--batch`` images with untrained weights (the work does not depend on them), A and B
+in turn.
 Each line printed is one Markdown table row; results go to ``bench/results/bench_gpu-<part>.json``.
 """
 

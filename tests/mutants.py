@@ -80,7 +80,7 @@ MUTANTS = {
     "mean-frozen-in-step": Mutant(
         "M_s given the interpolation weight of t (delta_t for delta_s) in the step",
         "fdm_core.sampler",
-        "apply_step",
+        "mix_coefficients",
         "project = step.alpha_s * step.delta_s - r * step.alpha_t * step.delta_t",
         "project = step.alpha_s * step.delta_t - r * step.alpha_t * step.delta_t",
         (

@@ -197,3 +197,28 @@ def test_env_reports_stack(cli) -> None:
         text.exit_code == 0 and "attention" in text.stdout and "blur/resampling ops" in text.stdout
     )
     assert "trackers (--log)" in text.stdout
+
+
+def test_sample_compile_draws_the_eager_images(
+    ds_run: Path, tmp_path: Path, cli, monkeypatch
+) -> None:
+    """``fdm sample --compile`` (one graph per stage, docs/design.md §7.3) reaches the sampler
+    and draws the eager run's images: the flag not passed on would leave the sampler eager (no
+    graph compiled), a compiled step that mixed up its numbers would change the images."""
+    from torch._dynamo.utils import counters
+
+    from fdm_core import COMPILE_BACKEND_ENV
+
+    monkeypatch.setenv(COMPILE_BACKEND_ENV, "aot_eager")  # no C++ build: minutes on 2 cores
+    torch._dynamo.reset()
+    counters.clear()
+    grids = {}
+    for name, flags in (("eager", []), ("compiled", ["--compile"])):
+        out = tmp_path / f"{name}.png"
+        args = ["--num", "4", "--steps", "6", "--out", out, "--device", "cpu", *flags]
+        result = cli("sample", ds_run, *args)
+        assert result.exit_code == 0, result.output
+        grids[name] = np.asarray(Image.open(out)).astype(int)
+    assert counters["stats"]["unique_graphs"] == 3  # one per stage of the 3-stage model
+    assert np.abs(grids["eager"] - grids["compiled"]).max() <= 1  # 8-bit rounding
+    torch._dynamo.reset()

@@ -12,6 +12,7 @@ from .checkpoint import (
     verify_digest,
     with_digest,
 )
+from .compiling import COMPILE_BACKEND_ENV, COMPILE_MODE_ENV, compile_options
 from .config import ComponentSpec, ProcessConfig, SamplerConfig
 from .hookspecs import Register, hookimpl
 from .hostreads import HostReads
@@ -43,6 +44,8 @@ from .transform import (
 )
 
 __all__ = [
+    "COMPILE_BACKEND_ENV",
+    "COMPILE_MODE_ENV",
     "AssetError",
     "AssetPath",
     "Boundary",
@@ -76,6 +79,7 @@ __all__ = [
     "batch_loss",
     "bundle_assets",
     "check_transform",
+    "compile_options",
     "content_digest",
     "ddim_step",
     "diffusion_loss",

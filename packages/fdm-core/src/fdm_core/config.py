@@ -253,6 +253,9 @@ class SamplerConfig(BaseModel):
     steps_per_stage: list[int] | None = Field(
         None, description="explicit steps for stage 0..K (overrides the proportional split)"
     )
+    compile: bool = Field(
+        False, description="torch.compile each stage's step: one static-shape graph per stage"
+    )
 
     @field_validator("steps_per_stage")
     @classmethod

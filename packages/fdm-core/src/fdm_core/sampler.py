@@ -10,6 +10,10 @@ prediction xhat^k of the network:
 which keeps q(z_s | x) = N(alpha_s x_s, sigma_s^2 I) for any mean path. At tau_k the transform's
 up-step takes z to stage k - 1; that stage's first step starts at t = tau_k with delta = 1.
 Sampling can start at any stage and time from a given signal (super-resolution, deblurring).
+
+With ``SamplerConfig.compile`` each step (network, clean prediction, (E40)) runs through
+``torch.compile`` with static shapes, its numbers passed as one device tensor, so all the steps
+of a stage run one graph (docs/design.md §7.3).
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from itertools import pairwise
 
 import torch
 
+from .compiling import compile_options
 from .config import SamplerConfig
 from .noise import StageNoise
 from .process import Denoiser, FDMProcess
 from .schedules import apportion
+from .transform import Coefficient
 
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 """``callback(stage, t, z, clean)``: after each step, stage k, the time t that z has reached,
@@ -103,6 +109,39 @@ def step_coefficients(
     )
 
 
+def mix_coefficients(
+    process: FDMProcess, k: int, step: StepCoefficients
+) -> tuple[float, float, float]:
+    """(keep, project, r) of the step as one combination (E40): z_s = r z + keep xhat +
+    project g(f(xhat)) (+ c xi), r = noise / sigma_t. With M = (1 - delta) xhat +
+    delta g(f(xhat)), epshat = (z - alpha_t M_t) / sigma_t and z_s = alpha_s M_s + noise epshat,
+    keep = alpha_s (1 - delta_s) - r alpha_t (1 - delta_t) and project = alpha_s delta_s -
+    r alpha_t delta_t; in a stage that does not interpolate, keep = alpha_s - r alpha_t and
+    project = 0."""
+    r = step.noise / step.sigma_t
+    if not process.interpolates(k):
+        return step.alpha_s - r * step.alpha_t, 0.0, r
+    keep = step.alpha_s * (1 - step.delta_s) - r * step.alpha_t * (1 - step.delta_t)
+    project = step.alpha_s * step.delta_s - r * step.alpha_t * step.delta_t
+    return keep, project, r
+
+
+def combine(
+    process: FDMProcess,
+    k: int,
+    z: torch.Tensor,
+    clean: torch.Tensor,
+    keep: Coefficient,
+    project: Coefficient,
+    r: Coefficient,
+) -> torch.Tensor:
+    """r z + keep xhat + project g(f(xhat)) (E40): inside an interpolating stage one
+    `SignalTransform.mix_projection` (one fused pass for down-sampling)."""
+    if process.interpolates(k):
+        return process.transforms[k].mix_projection(clean, keep, project, z, r)
+    return keep * clean + r * z
+
+
 def apply_step(
     process: FDMProcess,
     z: torch.Tensor,
@@ -111,20 +150,9 @@ def apply_step(
     step: StepCoefficients,
     xi: torch.Tensor | None,
 ) -> torch.Tensor:
-    """z_s from z_t and the clean prediction xhat^k (E25-E27), as one combination (E40)
-    z_s = r z + keep xhat + project g(f(xhat)) (+ c xi), r = noise / sigma_t: with
-    M = (1 - delta) xhat + delta g(f(xhat)), epshat = (z - alpha_t M_t) / sigma_t and
-    z_s = alpha_s M_s + noise epshat, so keep = alpha_s (1 - delta_s) - r alpha_t (1 - delta_t)
-    and project = alpha_s delta_s - r alpha_t delta_t. Inside an interpolating stage it is one
-    `SignalTransform.mix_projection` (one fused pass for down-sampling); no noise is added when
-    c = 0 (eta = 0)."""
-    r = step.noise / step.sigma_t
-    if process.interpolates(k):
-        keep = step.alpha_s * (1 - step.delta_s) - r * step.alpha_t * (1 - step.delta_t)
-        project = step.alpha_s * step.delta_s - r * step.alpha_t * step.delta_t
-        z_s = process.transforms[k].mix_projection(clean, keep, project, z, r)
-    else:
-        z_s = (step.alpha_s - r * step.alpha_t) * clean + r * z
+    """z_s from z_t and the clean prediction xhat^k (E25-E27) as one combination (E40,
+    `mix_coefficients`); no noise is added when c = 0 (eta = 0)."""
+    z_s = combine(process, k, z, clean, *mix_coefficients(process, k, step))
     if step.c > 0:
         if xi is None:
             raise ValueError("a step with eta > 0 needs the noise xi")
@@ -152,15 +180,55 @@ def denoise(
     model: Denoiser,
     z: torch.Tensor,
     k: int,
-    step: StepCoefficients,
+    t: float | torch.Tensor,
+    alpha_t: Coefficient,
+    sigma_t: Coefficient,
     clip: float | None,
 ) -> torch.Tensor:
-    """The network's clean prediction xhat^k at (z_t, t) in stage k (E19 inverted with the step's
-    alpha_t, sigma_t), clamped to +-clip."""
-    tt = torch.full((z.shape[0],), step.t, dtype=torch.float32, device=z.device)
+    """The network's clean prediction xhat^k at (z_t, t) in stage k (E19 inverted with alpha_t,
+    sigma_t: numbers, or 0-dim tensors in a compiled step), clamped to +-clip."""
+    if isinstance(t, torch.Tensor):
+        tt = t.to(torch.float32).expand(z.shape[0])
+    else:
+        tt = torch.full((z.shape[0],), t, dtype=torch.float32, device=z.device)
     output = model(z, tt, k).float()
-    clean = process.clean_from_output(output, z, step.alpha_t, step.sigma_t)
+    clean = process.clean_from_output(output, z, alpha_t, sigma_t)
     return clean if clip is None else clean.clamp(-clip, clip)
+
+
+def step_numbers(
+    process: FDMProcess, k: int, steps: list[StepCoefficients], device: torch.device | str
+) -> list[torch.Tensor]:
+    """Each step's numbers (t, alpha_t, sigma_t, keep, project, r, c) as a float32 tensor on
+    `device`, all of a stage's steps moved there at once: what a compiled step reads instead of
+    Python numbers (each new number would be a new constant, and a new graph)."""
+    rows = [[st.t, st.alpha_t, st.sigma_t, *mix_coefficients(process, k, st), st.c] for st in steps]
+    return list(torch.tensor(rows, dtype=torch.float32, device=device).unbind())
+
+
+def tensor_step(
+    process: FDMProcess,
+    model: Denoiser,
+    z: torch.Tensor,
+    k: int,
+    numbers: torch.Tensor,
+    clip: float | None,
+    xi: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_s, xhat^k): `denoise` and the step (E40) with the step's numbers read from the
+    device (`step_numbers`), the step `sample` compiles; c xi is added when `xi` is given."""
+    t, alpha_t, sigma_t, keep, project, r, c = numbers.unbind()
+    clean = denoise(process, model, z, k, t, alpha_t, sigma_t, clip)
+    z_s = combine(process, k, z, clean, keep, project, r)
+    return (z_s if xi is None else z_s + c * xi), clean
+
+
+def compiled_step() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """`tensor_step` under ``torch.compile`` with static shapes (``dynamic=False``): one graph
+    per stage (and batch size), whose steps differ only in the numbers tensor; the backend
+    $FDM_COMPILE_BACKEND (default inductor) and mode $FDM_COMPILE_MODE, as ``fdm train
+    --compile``."""
+    return torch.compile(tensor_step, **compile_options())
 
 
 def initial_state(
@@ -205,12 +273,21 @@ def sample(
     noise.reset()
     steps = steps_per_stage(process, config)
     top, t_top, z, clean = initial_state(process, draw, start, device)
+    compiled = compiled_step() if config.compile else None
     for k in range(top, -1, -1):
         t_first = t_top if k == top else process.boundaries[k + 1]
         grid = stage_grid(process, k, t_first, steps[k])
-        for step in [step_coefficients(process, k, t, s, config.eta) for t, s in pairwise(grid)]:
-            clean = denoise(process, model, z, k, step, config.clip)
-            z = apply_step(process, z, clean, k, step, draw(k) if config.eta else None)
+        steps_k = [step_coefficients(process, k, t, s, config.eta) for t, s in pairwise(grid)]
+        numbers = step_numbers(process, k, steps_k, z.device) if compiled is not None else []
+        for i, step in enumerate(steps_k):
+            xi = draw(k) if config.eta else None
+            if compiled is not None:
+                z, clean = compiled(process, model, z, k, numbers[i], config.clip, xi)
+            else:
+                clean = denoise(
+                    process, model, z, k, step.t, step.alpha_t, step.sigma_t, config.clip
+                )
+                z = apply_step(process, z, clean, k, step, xi)
             if callback is not None:
                 callback(k, step.s, z, clean)
         if k > 0:

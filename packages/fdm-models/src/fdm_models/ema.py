@@ -4,6 +4,11 @@ After each optimiser step, ``update(model)`` moves every floating-point paramete
 copy towards the model: shadow <- d * shadow + (1 - d) * param, with the warm-up decay
 d_n = min(decay, (1 + n) / (10 + n)) for the n-th update (n = 0, 1, ...) when ``warmup`` is on,
 so early averages are not dominated by the random initialisation. Buffers are copied as they are.
+
+A compiled training step (``train.compile``, docs/design.md §6.5) calls ``advance()`` on the host
+and then ``average(model, ema.weight)`` inside its graph: 1 - d_n is written into one 0-dim
+device tensor, so the graph reads the warm-up decay from the device instead of baking a new
+constant into a new graph every step.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class EMA:
             for name, tensor in model.state_dict().items()
             if tensor.is_floating_point()
         }
+        first = next(iter(self.shadow.values()), torch.zeros(()))
+        self.weight = first.new_zeros(())  # 1 - d_n of a compiled update (`advance`)
 
     def current_decay(self) -> float:
         """The decay the next ``update`` applies."""
@@ -48,11 +55,24 @@ class EMA:
             return self.decay
         return min(self.decay, (1 + self.step) / (10 + self.step))
 
-    @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Average the current weights of ``model`` into the shadow copy: one foreach lerp over
-        every parameter (E24) and one foreach copy of the buffers, with no read of any value."""
-        decay = self.current_decay()
+        """The next update (E24) of the shadow copy towards ``model``, d_n a host float."""
+        self.average(model, 1 - self.current_decay())
+        self.step += 1
+
+    def advance(self) -> torch.Tensor:
+        """For an update inside a compiled graph: 1 - d_n of the next update (E24) written into
+        ``weight`` (a 0-dim tensor on the shadows' device, the same tensor every step) and the
+        update counted; the caller then runs ``average(model, weight)``."""
+        self.weight.fill_(1 - self.current_decay())
+        self.step += 1
+        return self.weight
+
+    @torch.no_grad()
+    def average(self, model: nn.Module, weight: float | torch.Tensor) -> None:
+        """shadow <- shadow + weight (param - shadow) for every parameter of ``model`` (E24 with
+        weight = 1 - d_n), one foreach lerp, and one foreach copy of the buffers, with no read of
+        any value. A tensor ``weight`` (0-dim, on the shadows' device) is read on the device."""
         model = unwrap_model(model)
         current = dict(model.named_parameters())
         current.update(model.named_buffers())
@@ -62,10 +82,11 @@ class EMA:
         ]
         if averaged:
             shadows = [s for s, _ in averaged]
-            torch._foreach_lerp_(shadows, [v.detach().to(s.dtype) for s, v in averaged], 1 - decay)
+            values = [v.detach().to(s.dtype) for s, v in averaged]
+            weights = [weight] * len(shadows) if isinstance(weight, torch.Tensor) else weight
+            torch._foreach_lerp_(shadows, values, weights)
         if copied:
             torch._foreach_copy_([s for s, _ in copied], [v.detach() for _, v in copied])
-        self.step += 1
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

@@ -54,7 +54,7 @@ def load_model(
     return sampling.load_model(Path(path), ema=ema, device=device_of(device))
 
 
-def _sampler(steps: int, sampler: str, eta: float | None) -> SamplerConfig:
+def _sampler(steps: int, sampler: str, eta: float | None, compile: bool = False) -> SamplerConfig:
     check_positive(steps=steps)
     if sampler not in ("ddim", "ddpm"):
         raise UserError(f"`sampler` {sampler!r}: allowed: 'ddim', 'ddpm'")
@@ -63,7 +63,8 @@ def _sampler(steps: int, sampler: str, eta: float | None) -> SamplerConfig:
     if sampler == "ddpm" and eta not in (None, 1.0):
         raise UserError(f"`sampler` 'ddpm' means `eta` 1; for `eta` {eta} use 'ddim'")
     try:
-        return SamplerConfig(steps=steps, eta=1.0 if sampler == "ddpm" else (eta or 0.0))
+        eta = 1.0 if sampler == "ddpm" else (eta or 0.0)
+        return SamplerConfig(steps=steps, eta=eta, compile=compile)
     except ValidationError as exc:
         raise UserError(f"invalid sampler settings: {format_validation_error(exc)}") from None
 
@@ -92,17 +93,20 @@ def sample(
     stage_seeds: Mapping[int, int] | None = None,
     batch_size: int = 64,
     threads: int | None = None,
+    compile: bool = False,
 ) -> Samples:
     """`num` samples, as `fdm sample` draws them (docs/design.md §7): image i from the noise
     seeded ``seed + i``, so the images do not depend on `batch_size`. `steps` are split over
     the stages, at least one each (§7.2 (E28)); `sampler` "ddim" (stochasticity `eta`, default
     0) or "ddpm" (eta 1). `stage_seeds` ({stage: seed}) shares one noise among all images in
     those stages (§8). On the model's device; on the CPU `threads` pins torch's thread count,
-    None adapts it to the machine's load while sampling. ``samples.x`` is ``(num, C, H, W)``
-    in [-1, 1] on the CPU; ``samples.stage_predictions`` feed `stage_strip`."""
+    None adapts it to the machine's load while sampling. `compile` runs each stage's step as
+    one ``torch.compile`` graph (§7.3; worth it for many images on a GPU, where the launches of
+    a small step dominate; the first batch pays the compilation). ``samples.x`` is
+    ``(num, C, H, W)`` in [-1, 1] on the CPU; ``samples.stage_predictions`` feed `stage_strip`."""
     check_positive(num=num, batch_size=batch_size)
     check_seed(seed, num)
-    config = _sampler(steps, sampler, eta)
+    config = _sampler(steps, sampler, eta, compile)
     seeds = _stage_seeds(model, stage_seeds)
     device = model.device
     tuner = configure_threads(threads, tune=device.type == "cpu")

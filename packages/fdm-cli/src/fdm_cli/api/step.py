@@ -21,7 +21,8 @@ from fdm_cli.config.train import TrainConfig
 from fdm_cli.errors import UserError
 from fdm_cli.runtime.threads import configure_threads
 from fdm_cli.seeding import MODEL_INIT, TRAIN_STEP, derive_seed
-from fdm_cli.training.setup import LossModule, make_optimizer, make_scaler
+from fdm_cli.training.schedule import set_learning_rate
+from fdm_cli.training.setup import LossModule, WeightUpdate, make_optimizer, make_scaler
 from fdm_cli.training.step import train_step
 from fdm_core import FDMProcess
 from fdm_models import EMA, MultiStageUNet
@@ -39,9 +40,10 @@ class TrainingStep:
     (docs/design.md §6.3; the packed forward §6.6; under ``train.precision: bf16`` only the
     UNet in autocast, §6.5; ``train.compile`` compiles it), backward, gradient clipping at
     ``optim.grad_clip``, the AdamW step and the EMA update, reading nothing back to the host
-    (§6.7). The learning rate stays what the optimizer holds: set
-    ``step.optimizer.param_groups[i]["lr"]`` for a schedule. ``train.grad_accum`` splits the
-    batch into micro-batches (§6.8); ``train.precision: fp16`` (CUDA) scales the loss (§6.5).
+    (§6.7); under ``train.compile`` the AdamW step and the EMA update are one compiled
+    function too (§6.5). The learning rate stays what the optimizer holds until `set_lr` changes it.
+    ``train.grad_accum`` splits the batch into micro-batches (§6.8); ``train.precision: fp16``
+    (CUDA) scales the loss (§6.5).
     """
 
     def __init__(self, config: TrainConfig, device: DeviceLike = "auto") -> None:
@@ -57,9 +59,12 @@ class TrainingStep:
         torch.manual_seed(derive_seed(opts.seed, MODEL_INIT))
         self.unet = MultiStageUNet(config.model).to(self.device)
         self.ema = EMA(self.unet, config.optim.ema_decay, warmup=config.optim.ema_warmup)
-        self.optimizer = make_optimizer(self.unet, config.optim, self.device)
+        self.optimizer = make_optimizer(self.unet, config.optim, self.device, opts.compile)
         self.scaler = make_scaler(opts.precision, self.device)
         self.loss = LossModule(self.process, self.unet, opts.compile, opts.precision)
+        self.weight_update = WeightUpdate(
+            self.optimizer, self.ema, self.unet, self.scaler, opts.compile
+        )
         self.module = self.loss  # what a step calls (`fdm_cli.training.step.StepParts`)
         self.steps = 0  # steps taken
 
@@ -67,6 +72,11 @@ class TrainingStep:
     def cfg(self) -> TrainConfig:
         """`config` (`fdm_cli.training.step.StepParts`)."""
         return self.config
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next steps, for a schedule of your own (a compiled step reads
+        it from the device, so changing it compiles nothing new)."""
+        set_learning_rate(self.optimizer, lr)
 
     def generator(self) -> torch.Generator:
         """The generator of the next step's times and noise, seeded as `fdm train` seeds it:

@@ -185,9 +185,15 @@ def refuse_changed_config(
 
 
 def optimizer_to_tree(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer's state as a tree; a learning rate held as a 0-dim tensor (a compiled
+    step's) is saved as a float, as every run saves it."""
+    groups = [dict(g) for g in state_dict["param_groups"]]
+    for group in groups:
+        if isinstance(group.get("lr"), torch.Tensor):
+            group["lr"] = float(group["lr"])
     return {
         "state": {str(k): dict(v) for k, v in state_dict["state"].items()},
-        "param_groups": [dict(g) for g in state_dict["param_groups"]],
+        "param_groups": groups,
     }
 
 
@@ -199,6 +205,24 @@ def optimizer_from_tree(tree: dict[str, Any]) -> dict[str, Any]:
             group["betas"] = tuple(group["betas"])
         groups.append(group)
     return {"state": {int(k): dict(v) for k, v in tree["state"].items()}, "param_groups": groups}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tree: dict[str, Any]) -> None:
+    """The state `tree` (`optimizer_to_tree`) into `optimizer`, which keeps how it holds its
+    learning rate and whether its step is capturable: torch's ``load_state_dict`` replaces every
+    param-group value with the saved one, so a compiled run's 0-dim tensor (the one its graph
+    reads) gets the saved value written into it, and an eager run keeps a float, whichever kind
+    of run wrote the checkpoint."""
+    own = [(group["lr"], group.get("capturable")) for group in optimizer.param_groups]
+    optimizer.load_state_dict(optimizer_from_tree(tree))
+    for group, (lr, capturable) in zip(optimizer.param_groups, own, strict=True):
+        saved = float(group["lr"])
+        if isinstance(lr, torch.Tensor):
+            group["lr"] = lr.fill_(saved)
+        else:
+            group["lr"] = saved
+        if capturable is not None:
+            group["capturable"] = capturable
 
 
 def rng_state() -> dict[str, Any]:

@@ -50,6 +50,7 @@ def sample(
     ema: EmaOpt = True,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
+    compile: Annotated[bool, Opt(help="torch.compile each stage's step (one graph each).")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate samples (a grid or one PNG each) and optionally a stage strip."""
@@ -80,6 +81,7 @@ def sample(
         stage_seeds=seeds,
         batch_size=batch_size,
         threads=threads,
+        compile=compile,
     )
     console, note = Console(highlight=False, soft_wrap=True), steps_note(loaded.process, config)
     if out_dir is not None:

@@ -15,9 +15,10 @@ then an EMA update. A NaN or infinite loss stops the run, or with ``train.nonfin
 drops that batch (`fdm_cli.training.nonfinite`). Every ``train.checkpoint_every`` steps rank 0
 writes a checkpoint, a sample grid and a stage strip. ``train.precision: bf16`` runs only the
 UNet under autocast, ``train.compile`` compiles the loss (process math, packed UNet, loss) as one
-graph (`fdm_cli.training.setup`, docs/design.md §6.5); each step is timed as data / forward /
-backward / optimizer (`fdm_cli.training.steptime`), shown in the progress line. SIGINT/SIGTERM
-finish the current step, write a checkpoint and stop (continue with --resume).
+graph and the AdamW step with the EMA update as one compiled function (`fdm_cli.training.setup`,
+docs/design.md §6.5); each step is timed as data / forward / backward / optimizer
+(`fdm_cli.training.steptime`), shown in the progress line. SIGINT/SIGTERM finish the current
+step, write a checkpoint and stop (continue with --resume).
 
 The loop itself (budget, schedule, resume, checkpoints, signals, progress) is the one both
 trainers share, `fdm_cli.training.trainer`; this module supplies f-DM's step and what it writes.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from fdm_cli.config.base import LoopOptions, TrainingConfig
 
 
@@ -26,6 +28,17 @@ def learning_rate(cfg: TrainingConfig, step: int, elapsed_s: float) -> float:
         fractions.append(elapsed_s / (opts.minutes * 60))
     frac = min(1.0, max(0.0, max(fractions)))
     return optim.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """`lr` into every param group: written into the group's 0-dim tensor where it holds one (a
+    compiled step, `fdm_cli.training.setup.WeightUpdate`, whose graph reads that tensor: a new
+    float there would compile a new graph), else set as a float."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def budget_spent(opts: LoopOptions, step: int, elapsed_s: float) -> bool:

@@ -9,6 +9,7 @@ checkpoints), which `fdm_cli.training.loop` then steps; the run also writes its 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from fdm_core import (
     LossBatch,
     LossOutput,
     batch_loss,
+    compile_options,
     draw_loss_batch,
     packs_stages,
     stage_loss,
@@ -39,8 +41,6 @@ from fdm_core import (
 )
 from fdm_models import EMA, MultiStageUNet
 
-COMPILE_BACKEND_ENV = "FDM_COMPILE_BACKEND"  # torch.compile backend of train.compile
-COMPILE_MODE_ENV = "FDM_COMPILE_MODE"  # torch.compile mode of train.compile
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # one AdamW kernel for all parameters (4x faster on CPU)
 
 
@@ -104,6 +104,52 @@ class LossModule(nn.Module):
         return batch_loss(self.process, self.network, batch, self.static_loss)
 
 
+class WeightUpdate:
+    """What an applied step changes once its gradients are final: the AdamW step, then the EMA
+    update (E24); `fdm_cli.training.update.update` calls it in place of the optimizer step.
+
+    With `compile` both run as one ``torch.compile``d function (`compile_options`; PyTorch's
+    compiled-optimizer recipe, docs/design.md §6.5). The EMA update is a graph; the fused AdamW
+    kernel runs as it is between graphs, since torch does not trace fused optimizers (dynamo
+    disables ``torch.optim.adam._fused_adam``; ``Optimizer.step`` breaks the graph around its
+    body). The learning rate is a 0-dim tensor in each param group (`make_optimizer`, written
+    with ``fill_`` by `fdm_cli.training.schedule.set_learning_rate`) and 1 - d_n the EMA's
+    0-dim ``weight`` (`EMA.advance`): the compiled code reads both from the device, so a step
+    with a new learning rate or warm-up decay compiles nothing new (a float would be a guarded
+    constant). Under fp16 (an enabled `scaler`, §6.5) it stays eager: ``GradScaler.step`` reads
+    the overflow flag on the host to decide whether to step at all, which compiled code cannot
+    hold."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        ema: EMA,
+        unet: nn.Module,
+        scaler: torch.amp.GradScaler,
+        compile: bool,
+    ) -> None:
+        self.optimizer, self.ema, self.unet, self.scaler = optimizer, ema, unet, scaler
+        self.compiled: Callable[[torch.Tensor], None] | None = None
+        if compile and not scaler.is_enabled():
+            for shadow in ema.shadow.values():  # written in place, never moved: CUDA graphs
+                torch._dynamo.mark_static_address(shadow)  # may write them where they are
+            self.compiled = torch.compile(self._step_and_average, **compile_options())
+
+    def _step_and_average(self, weight: torch.Tensor) -> None:
+        self.optimizer.step()
+        self.ema.average(self.unet, weight)
+
+    def __call__(self) -> None:
+        if self.compiled is not None:
+            self.compiled(self.ema.advance())
+            return
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+        else:
+            self.optimizer.step()
+        self.ema.update(self.unet)
+
+
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     """The loss scaler of ``train.precision: fp16`` (docs/design.md §6.5); disabled (a no-op)
     for fp32 and bf16. fp16 on a device other than CUDA is refused."""
@@ -132,6 +178,7 @@ class Run(TrainingRun):
     module: nn.Module  # `loss`, in DistributedDataParallel under torchrun
     loss: LossModule
     scaler: torch.amp.GradScaler  # fp16's loss scaler; disabled for fp32 and bf16
+    weight_update: WeightUpdate  # AdamW and the EMA, compiled under train.compile
     log: LossLog
     threads: ThreadTuner
     step: int = 0
@@ -205,12 +252,13 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext,
     torch.manual_seed(derive_seed(opts.seed, MODEL_INIT))
     unet = MultiStageUNet(cfg.model).to(ctx.device)
     ema = EMA(unet, cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup)
-    optimizer = make_optimizer(unet, cfg.optim, ctx.device)
+    optimizer = make_optimizer(unet, cfg.optim, ctx.device, opts.compile)
     module = LossModule(process, unet, opts.compile, opts.precision)
+    weight_update = WeightUpdate(optimizer, ema, unet, scaler, opts.compile)
     log = LossLog(run_dir / "loss.csv", process.num_stages)
     run = Run(
-        cfg, ctx, run_dir, dataset, process, unet, ema, optimizer, module, module, scaler, log,
-        threads,
+        cfg, ctx, run_dir, dataset, process, unet, ema, optimizer, module, module, scaler,
+        weight_update, log, threads,
     )  # fmt: skip
     run.begin(latest, resume, say)
     if ctx.enabled:  # wrapped once the weights are loaded
@@ -226,29 +274,25 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, ctx: dist_.DistContext,
     return run
 
 
-def make_optimizer(unet: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(
+    unet: nn.Module, optim: OptimConfig, device: torch.device, compile: bool = False
+) -> torch.optim.AdamW:
     """AdamW over the UNet's parameters, fused (one kernel for every parameter, no host read of
-    its step counters) on the devices that have the fused kernel."""
+    its step counters) on the devices that have the fused kernel. For a compiled step
+    (`WeightUpdate`) the learning rate is a 0-dim tensor on `device` (float64 on the CPU, whose
+    fused kernel reads it as a double, so it steps exactly as a float does; float32, which
+    CUDA's kernel reads, elsewhere), and on CUDA the step is capturable (its counters stay on
+    the GPU, as torch's compiled optimizer expects)."""
+    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    lr = torch.tensor(optim.lr, dtype=dtype, device=device) if compile else optim.lr
     return torch.optim.AdamW(
         unet.parameters(),
-        lr=optim.lr,
+        lr=lr,
         betas=optim.betas,
         weight_decay=optim.weight_decay,
         fused=device.type in FUSED_ADAMW_DEVICES or None,
+        capturable=compile and device.type == "cuda",
     )
-
-
-def compile_options() -> dict[str, object]:
-    """``torch.compile`` settings of ``train.compile``: the backend $FDM_COMPILE_BACKEND
-    (default inductor; the tests use aot_eager), the mode $FDM_COMPILE_MODE (default torch's;
-    ``reduce-overhead`` adds CUDA graphs on a GPU), static shapes."""
-    options: dict[str, object] = {
-        "backend": os.environ.get(COMPILE_BACKEND_ENV, "inductor"),
-        "dynamic": False,
-    }
-    if mode := os.environ.get(COMPILE_MODE_ENV):
-        options["mode"] = mode
-    return options
 
 
 def write_samples(

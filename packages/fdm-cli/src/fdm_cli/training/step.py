@@ -21,11 +21,10 @@ from torch import nn
 
 from fdm_cli.config.train import TrainConfig
 from fdm_cli.training.nonfinite import NonfiniteGuard
-from fdm_cli.training.setup import LossModule
+from fdm_cli.training.setup import LossModule, WeightUpdate
 from fdm_cli.training.steptime import StepTimer
 from fdm_cli.training.update import update
 from fdm_core import merge_outputs
-from fdm_models import EMA
 
 
 class StepParts(Protocol):
@@ -35,9 +34,9 @@ class StepParts(Protocol):
     module: nn.Module  # `loss`, or DistributedDataParallel around it
     loss: LossModule
     unet: nn.Module
-    ema: EMA
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    weight_update: WeightUpdate  # the AdamW step and the EMA update (one compiled function)
 
 
 @dataclass
@@ -63,8 +62,9 @@ def train_step(
     """One optimizer step on the batch `x` (this rank's), the step's times and noise drawn from
     `generator`: loss and backward per micro-batch, clipping, the AdamW step, the EMA update.
     `step` is the number the step gets (1-based). Nothing is read back to the host, except by
-    `guard` (``train.nonfinite: skip``), which may skip the update. `timer`, started before the
-    batch was read, gets the forward, backward and optimizer phases."""
+    `guard` (``train.nonfinite: skip``), which may skip the update; under ``train.compile`` the
+    AdamW step and the EMA update run as one compiled function (`WeightUpdate`). `timer`, started
+    before the batch was read, gets the forward, backward and optimizer phases."""
     parts.module.train()
     scaler, ddp = parts.scaler, isinstance(parts.module, nn.parallel.DistributedDataParallel)
     if timer is not None:
@@ -86,10 +86,9 @@ def train_step(
     loss = merged.loss.detach()
     clip = parts.cfg.optim.grad_clip
     grad_norm, applied = update(
-        parts.optimizer, loss, parts.unet.parameters(), clip, guard, step, scaler
-    )
-    if applied:
-        parts.ema.update(parts.unet)
+        parts.optimizer, loss, parts.unet.parameters(), clip, guard, step, scaler,
+        parts.weight_update,
+    )  # fmt: skip
     if timer is not None:
         timer.stop()
     overflow = (~torch.isfinite(grad_norm)).float() if scaler.is_enabled() else None

@@ -47,7 +47,7 @@ from fdm_cli.runtime.device import take_peak_memory
 from fdm_cli.runtime.signals import graceful_stop
 from fdm_cli.runtime.threads import ThreadTuner
 from fdm_cli.training.progress import TrainProgress
-from fdm_cli.training.schedule import budget_spent, learning_rate
+from fdm_cli.training.schedule import budget_spent, learning_rate, set_learning_rate
 from fdm_cli.training.steptime import PHASES
 from fdm_cli.training.tracking import Trackers, check_trackers, open_trackers
 
@@ -234,7 +234,7 @@ class TrainingRun(ABC):
             for name, part in self.optional_states().items():
                 if name in state:
                     part.load_state_dict(state[name])
-            self.optimizer.load_state_dict(ckpt.optimizer_from_tree(state["optimizer"]))
+            ckpt.load_optimizer(self.optimizer, state["optimizer"])
             ckpt.set_rng_state(state["rng"])
         progress = state["progress"]
         self.step, self.position = int(progress["step"]), int(progress["position"])
@@ -351,8 +351,7 @@ class Trainer(ABC):
 
             while not budget_spent(opts, run.step, run.elapsed):
                 lr = learning_rate(run.cfg, run.step, run.elapsed)
-                for group in run.optimizer.param_groups:
-                    group["lr"] = lr
+                set_learning_rate(run.optimizer, lr)
                 applied = self.step()
                 run.threads.tick()
                 run.step += int(applied)  # a skipped batch is no step (fdm_cli.training.nonfinite)

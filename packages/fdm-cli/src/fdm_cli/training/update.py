@@ -7,7 +7,7 @@ passes (one per micro-batch), `fdm train-autoencoder`'s step after its one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -22,6 +22,7 @@ def update(
     guard: NonfiniteGuard | None,
     step: int,
     scaler: torch.amp.GradScaler | None = None,
+    apply: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """After the backward pass of `loss` (with `scaler`, of the scaled loss): the global
     gradient norm clipped to `clip` (0: not clipped), and the optimizer step unless `guard`
@@ -29,7 +30,9 @@ def update(
     With an enabled `scaler` (fp16, docs/design.md §6.5) the gradients are unscaled first, an
     overflow (a non-finite gradient norm) is left to the scaler, which skips that update, and
     the guard looks at the loss only. Returns (gradient norm, whether the update was applied:
-    False only for a batch the guard skips). Nothing is read back to the host except by
+    False only for a batch the guard skips). `apply`, when given, runs the update in place of
+    the optimizer's (or the scaler's) step: f-DM's AdamW step and EMA update
+    (`fdm_cli.training.setup.WeightUpdate`). Nothing is read back to the host except by
     `guard`."""
     scaling = scaler is not None and scaler.is_enabled()
     if scaling:
@@ -37,10 +40,13 @@ def update(
     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip if clip > 0 else math.inf)
     checked = torch.zeros_like(grad_norm) if scaling else grad_norm  # overflow: the scaler's
     applied = guard is None or guard.keep(loss, checked, step)
-    if scaling:
-        if applied:
+    if applied:
+        if apply is not None:
+            apply()
+        elif scaling:
             scaler.step(optimizer)
+        else:
+            optimizer.step()
+    if scaling:
         scaler.update()  # after a skipped batch too: its unscaling is recorded
-    elif applied:
-        optimizer.step()
     return grad_norm, applied
