@@ -16,7 +16,8 @@ does) on random data of the preset's shape, so the data path is not timed. Each 
 builds both presets of a pair, warms them up (compiling when asked), then times windows of steps
 of the two in turn (A B A B ...), synchronising the device at each window's end; the median
 window gives images/s and the ratio A/B. Sampling runs `fdm_core.sample` (DDIM, ``--steps``
-total) at ``--batch`` images with untrained weights (the work does not depend on them), A and B
+total; `--compile on`: one graph per stage, as `fdm sample --compile`) at ``--batch`` images with
+untrained weights (the work does not depend on them), A and B
 in turn.
 Each line printed is one Markdown table row; results go to ``bench/results/bench_gpu-<part>.json``.
 """
@@ -105,8 +106,9 @@ def train_part(args: argparse.Namespace, device: torch.device) -> list[dict[str,
 
 def sample_part(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     results = []
-    config, batch = SamplerConfig(steps=args.steps), args.batch[0]
-    for pair in args.pairs:
+    batch = args.batch[0]
+    for pair, compile_ in itertools.product(args.pairs, args.compile):
+        config = SamplerConfig(steps=args.steps, compile=compile_ == "on")  # a graph per stage
         models = {}
         for preset in pair.split(":"):
             cfg = preset_config(preset, batch)
@@ -124,9 +126,11 @@ def sample_part(args: argparse.Namespace, device: torch.device) -> list[dict[str
         per_image = {p: statistics.median(s) / batch for p, s in seconds.items()}
         a, b = models
         ratio = per_image[b] / per_image[a]
-        print(f"| {pair} | {batch} | {args.steps} | {per_image[a]:.5f} | "
+        print(f"| {pair} | {batch} | {args.steps} | {compile_} | {per_image[a]:.5f} | "
               f"{per_image[b]:.5f} | {ratio:.2f}x |", flush=True)  # fmt: skip
-        results.append({"pair": pair, "s_per_image": per_image, "speedup": ratio})
+        results.append(
+            {"pair": pair, "compile": compile_, "s_per_image": per_image, "speedup": ratio}
+        )
     return results
 
 
@@ -159,7 +163,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         results = train_part(args, device)
     else:
-        print(markdown_table(["pair A:B", "batch", "steps", "A s/img", "B s/img", "B/A"], []))
+        print(
+            markdown_table(
+                ["pair A:B", "batch", "steps", "compile", "A s/img", "B s/img", "B/A"], []
+            )
+        )
         results = sample_part(args, device)
     save_results(args, f"bench_gpu-{args.part}", {"machine": machine_info(), "results": results})
 

@@ -7,7 +7,8 @@
 #      and bf16 (fp16 with loss scaling at batch 64), eager and --compile; fdm-ds-64 against
 #      ddpm-64 (batch 128) and fdm-ds-256 against ddpm-256 (batch 32) in bf16; side by side in
 #      one process per configuration;
-#   4. bench_gpu.py sample: s/img at batch 256, DDIM-100, fdm-ds:ddpm and fdm-ds-64:ddpm-64;
+#   4. bench_gpu.py sample: s/img at batch 256, DDIM-100, fdm-ds:ddpm and fdm-ds-64:ddpm-64,
+#      and fdm-ds:ddpm with a compiled graph per stage;
 #   5. bench_kernels.py (Triton against torch, the fused stage mean among them), and fdm-ds
 #      training with FDM_OPS_BACKEND=torch beside the default, to keep the faster path.
 #
@@ -69,8 +70,13 @@ G="timeout 150 $PY bench/bench_gpu.py"
 cat "$OUT/train.md"
 
 echo "== sample"
-$G sample --pairs fdm-ds:ddpm fdm-ds-64:ddpm-64 --batch 256 --repeats 2 \
-    --json "$OUT/sample.json" >"$OUT/sample.md" 2>&1
+{
+    $G sample --pairs fdm-ds:ddpm fdm-ds-64:ddpm-64 --batch 256 --repeats 2 \
+        --json "$OUT/sample.json"
+    # one graph per stage (fdm sample --compile), CUDA graphs through reduce-overhead
+    FDM_COMPILE_MODE=reduce-overhead $G sample --pairs fdm-ds:ddpm --batch 256 --repeats 2 \
+        --compile on --json "$OUT/sample-compiled.json"
+} >"$OUT/sample.md" 2>&1
 cat "$OUT/sample.md"
 
 echo "== kernels"
