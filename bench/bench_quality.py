@@ -120,22 +120,26 @@ def loss_csv_summary(run_dir: Path) -> tuple[float | None, float | None]:
     return float(rows[-1]["elapsed_s"]), float(rows[-1]["loss"])
 
 
-def train_model(name: str, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    """Train (or continue) one model; returns what train.json keeps."""
-    preset, sets, _ = MODELS[name]
-    overrides = [s.format(args.autoencoder) for s in sets] + list(args.set)
-    flags = {
-        "train.minutes": args.minutes,
-        "train.batch_size": args.batch,
+def cpu_run_flags(args: argparse.Namespace, grid: int) -> dict[str, Any]:
+    """The settings every quality benchmark run shares: on the CPU at ``--threads``, seeded,
+    only the final checkpoint, ``--data``, a final grid of `grid` images at ``--steps``."""
+    return {
         "train.device": "cpu",
         "train.threads": args.threads,
         "train.seed": args.seed,
         "train.checkpoint_every": NO_CHECKPOINTS,
         "data.source": str(args.data),
         "sample.steps": args.steps,
-        "sample.num": args.grid,
+        "sample.num": grid,
     }
-    cfg = train_config(preset, flags, sets=overrides)
+
+
+def train_model(name: str, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """Train (or continue) one model; returns what train.json keeps."""
+    preset, sets, _ = MODELS[name]
+    overrides = [s.format(args.autoencoder) for s in sets] + list(args.set)
+    flags = {"train.minutes": args.minutes, "train.batch_size": args.batch}
+    cfg = train_config(preset, {**cpu_run_flags(args, args.grid), **flags}, sets=overrides)
     resume = any((run_dir / "checkpoints").glob("step-*.safetensors"))  # continue it
     result = train(cfg, run_dir, resume=resume, progress=args.progress)
     if result.interrupted:

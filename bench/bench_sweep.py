@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_quality import NO_CHECKPOINTS, loss_csv_summary
+from bench_quality import cpu_run_flags, loss_csv_summary
 from common import RESULTS_DIR, TRAIN_DATA, machine_info, markdown_table, write_json
 
 from fdm_cli import evaluate, train, train_config
@@ -107,18 +107,8 @@ def shape_key(preset: str, sets: list[str]) -> str:
 
 
 def config(preset: str, sets: list[str], args: argparse.Namespace, max_steps: int) -> Any:
-    flags = {
-        "train.minutes": None,
-        "train.max_steps": max_steps,
-        "train.device": "cpu",
-        "train.threads": args.threads,
-        "train.seed": args.seed,
-        "train.checkpoint_every": NO_CHECKPOINTS,
-        "data.source": str(args.data),
-        "sample.steps": args.steps,
-        "sample.num": 64,
-    }
-    return train_config(preset, flags, sets=sets)
+    flags = {"train.minutes": None, "train.max_steps": max_steps}
+    return train_config(preset, {**cpu_run_flags(args, 64), **flags}, sets=sets)
 
 
 def time_shapes(args: argparse.Namespace, table: dict[str, tuple[str, list[str]]]) -> None:
