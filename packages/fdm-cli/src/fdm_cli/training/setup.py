@@ -28,6 +28,7 @@ from fdm_cli.runtime.threads import ThreadTuner, configure_threads
 from fdm_cli.seeding import MODEL_INIT, TRAIN_STEP, derive_seed
 from fdm_cli.training.data import TrainingData, open_training_data
 from fdm_cli.training.trainer import Say, Stateful, TrainingRun, open_run_dir
+from fdm_cli.training.update import optimizer_step
 from fdm_core import (
     FDMProcess,
     LossBatch,
@@ -143,10 +144,7 @@ class WeightUpdate:
         if self.compiled is not None:
             self.compiled(self.ema.advance())
             return
-        if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)
-        else:
-            self.optimizer.step()
+        optimizer_step(self.optimizer, self.scaler)
         self.ema.update(self.unet)
 
 

@@ -43,10 +43,16 @@ def update(
     if applied:
         if apply is not None:
             apply()
-        elif scaling:
-            scaler.step(optimizer)
         else:
-            optimizer.step()
+            optimizer_step(optimizer, scaler)
     if scaling:
         scaler.update()  # after a skipped batch too: its unscaling is recorded
     return grad_norm, applied
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """The optimizer's step, through an enabled `scaler` (fp16: it skips an overflowed update)."""
+    if scaler is not None and scaler.is_enabled():
+        scaler.step(optimizer)
+    else:
+        optimizer.step()
