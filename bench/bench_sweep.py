@@ -8,6 +8,7 @@ Run from the repository root, on an otherwise idle machine for the timing phase:
     python bench/bench_sweep.py screen --only fdm-ds fdm-ds-lr2e-3 ddpm
     python bench/bench_sweep.py confirm fdm-ds-lr2e-3 --minutes 20 --num 2000 --steps 100
     python bench/bench_sweep.py table                # the Markdown table of everything scored
+    python bench/bench_sweep.py rank --out bench/results/sweep/confirm-20min-2000
     python bench/bench_sweep.py confirm ddpm fdm-blur-g --train-steps 636 --num 2000 --steps 100
 
 Why steps and not minutes: the sweep runs in the background for hours while other work shares
@@ -189,9 +190,46 @@ def print_table(folder: Path) -> None:
     print(markdown_table(headers, rows))
 
 
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks of `values`, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in order[i : j + 1]:
+            out[k] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def rank_correlation(screen: Path, confirm: Path) -> None:
+    """Spearman's rho between the screening FID and the confirmed FID of the settings scored in
+    both folders: whether the cheap protocol orders settings as the full one does."""
+    scores = {}
+    for folder in (screen, confirm):
+        for file in folder.glob("*/result.json"):
+            r = json.loads(file.read_text())
+            scores.setdefault(r["setting"], {})[folder] = r["fid"]
+    both = sorted(name for name, s in scores.items() if len(s) == 2)
+    if len(both) < 3:
+        sys.exit(f"{len(both)} settings scored in both {screen} and {confirm}: need at least 3")
+    a = ranks([scores[n][screen] for n in both])
+    b = ranks([scores[n][confirm] for n in both])
+    mean = (len(both) + 1) / 2
+    cov = sum((x - mean) * (y - mean) for x, y in zip(a, b, strict=True))
+    var = (sum((x - mean) ** 2 for x in a) * sum((y - mean) ** 2 for y in b)) ** 0.5
+    rows = [[f"`{n}`", f"{scores[n][screen]:.2f}", f"{x:g}", f"{scores[n][confirm]:.2f}", f"{y:g}"]
+            for n, x, y in zip(both, a, b, strict=True)]  # fmt: skip
+    print(markdown_table(["setting", "screen FID", "rank", "confirmed FID", "rank"], rows))
+    print(f"Spearman rho = {cov / var:.3f} over {len(both)} settings")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=["time", "screen", "confirm", "table"])
+    parser.add_argument("phase", choices=["time", "screen", "confirm", "table", "rank"])
     parser.add_argument("only", nargs="*", help="settings (default: all, in table order)")
     parser.add_argument("--minutes", type=float, default=5.0, help="quiet minutes per setting")
     parser.add_argument("--num", type=int, default=500, help="samples for FID/KID")
@@ -203,6 +241,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--out", type=Path, default=None, help="default sweep/<phase>-<min>")
+    parser.add_argument("--screen-dir", type=Path, default=SWEEP_DIR / "screen-5min-500",
+                        help="rank: the screening results compared with --out's")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     table = settings()
@@ -211,6 +251,8 @@ def main() -> None:
         return time_shapes(args, table)
     if args.phase == "table":
         return print_table(args.out)
+    if args.phase == "rank":
+        return rank_correlation(args.screen_dir, args.out)
     timing_file = SWEEP_DIR / "timing.json"
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     for name in args.only or table:

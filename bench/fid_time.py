@@ -1,10 +1,12 @@
 """FID against training time: one line per model through the FID of each run trained for a
-different wall-clock budget, from the result files bench_quality.py and bench_peer.py leave.
+different wall-clock budget, from the result files bench_quality.py, bench_peer.py and
+bench_sweep.py leave.
 
 Run from the repository root after those benchmarks (nothing is trained or sampled here):
 
     python bench/fid_time.py bench/results/quality bench/results/quality-20 bench/results/peer
     python bench/fid_time.py RUNS... --models ddpm fdm-ds --out fid-time.png
+    python bench/fid_time.py bench/results/sweep/confirm-* --models ddpm-b32 fdm-ds-b32
 
 Each RUNS folder holds one sub-folder per model with a ``result.json`` (bench_quality.py's
 ``--out``, one ``--minutes`` budget per folder; bench_peer.py's ``--out``, whose recipes are
@@ -30,18 +32,24 @@ FID_FLOOR_2000 = 12.3  # two disjoint sets of 2,000 real test images (BENCHMARKS
 
 
 def load_points(folders: list[Path], num: int) -> list[dict[str, Any]]:
-    """(model, minutes, steps, FID, KID) of every result.json scored with `num` samples."""
+    """(model, minutes, steps, FID, KID) of every result.json scored with `num` samples. A
+    bench_sweep.py result is placed at its budget in quiet minutes (its jobs ran beside others,
+    so their wall-clock says nothing); one trained for a number of steps instead is left out."""
     points = []
     for folder in folders:
         for result_file in sorted(folder.glob("*/result.json")):
             record = json.loads(result_file.read_text())
-            if record.get("fid") is None or record.get("eval", {}).get("num") != num:
+            if "setting" in record:  # bench_sweep.py
+                scored, name, minutes = record["num"], record["setting"], record["quiet_minutes"]
+            else:
+                scored, minutes = record.get("eval", {}).get("num"), record["train_s"] / 60
+                name = record["model"] if "model" in record else f"peer-{record['recipe']}"
+            if record.get("fid") is None or scored != num or minutes is None:
                 continue
-            name = record["model"] if "model" in record else f"peer-{record['recipe']}"
             points.append(
                 {
                     "model": name,
-                    "minutes": record["train_s"] / 60,
+                    "minutes": minutes,
                     "steps": record["steps"],
                     "fid": record["fid"],
                     "kid": record.get("kid"),
