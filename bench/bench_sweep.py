@@ -66,6 +66,8 @@ VARIANTS: dict[str, list[str]] = {
     "w24": ["model.base_channels=24"],
     "x0": ["process.parameterization=x0", "process.weighting=min_snr"],
     "constant": ["optim.decay=constant"],
+    "eps": ["process.parameterization=eps"],
+    "noemawarm": ["optim.ema_warmup=false"],
 }
 # f-DM only: the share of t each stage gets (equal thirds by default) and the SNR rescaling.
 FDM_VARIANTS: dict[str, list[str]] = {
