@@ -34,6 +34,7 @@ Results: ``bench/results/sweep/<phase>/<setting>/`` and ``bench/results/sweep/ti
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -55,7 +56,7 @@ VARIANTS: dict[str, list[str]] = {
     "": [],
     "lr2e-3": ["optim.lr=0.002"],
     "warm50": ["optim.warmup_steps=50"],
-    "b32": ["train.batch_size=32"],
+    "b64": ["train.batch_size=64"],  # the presets train at 32 since the first screen
     "w48": ["model.base_channels=48"],
     "minsnr": ["process.weighting=min_snr"],
     "ema995": ["optim.ema_decay=0.995"],
@@ -105,13 +106,20 @@ def parse_combo(name: str, table: dict[str, tuple[str, list[str]]]) -> tuple[str
     return base, sets
 
 
-def shape_key(preset: str, sets: list[str]) -> str:
-    return " ".join([preset, *sorted(s for s in sets if s.startswith(COMPUTE_KEYS))])
-
-
 def config(preset: str, sets: list[str], args: argparse.Namespace, max_steps: int) -> Any:
     flags = {"train.minutes": None, "train.max_steps": max_steps}
     return train_config(preset, {**cpu_run_flags(args, 64), **flags}, sets=sets)
+
+
+def shape_key(preset: str, sets: list[str], args: argparse.Namespace) -> str:
+    """The preset and its compute-changing overrides, then a fingerprint of what they resolve
+    to (UNet, batch, stages), so a timing is never reused after a preset's defaults change."""
+    cfg = config(preset, sets, args, 1)
+    resolved = {"model": cfg.model.model_dump(mode="json"), "batch": cfg.train.batch_size,
+                "process": cfg.process.model_dump(mode="json", include={"stage_schedule",
+                                                                        "transforms"})}  # fmt: skip
+    digest = hashlib.sha1(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:8]
+    return " ".join([preset, *sorted(s for s in sets if s.startswith(COMPUTE_KEYS)), digest])
 
 
 def time_shapes(args: argparse.Namespace, table: dict[str, tuple[str, list[str]]]) -> None:
@@ -120,7 +128,7 @@ def time_shapes(args: argparse.Namespace, table: dict[str, tuple[str, list[str]]
     timing = json.loads(path.read_text()) if path.is_file() else {}
     for name in args.only or table:
         preset, sets = parse_combo(name, table)
-        key = shape_key(preset, sets)
+        key = shape_key(preset, sets, args)
         if key in timing:
             continue
         run_dir = SWEEP_DIR / "timing" / key.replace(" ", "_").replace("/", "-")[:120]
@@ -142,7 +150,7 @@ def time_shapes(args: argparse.Namespace, table: dict[str, tuple[str, list[str]]
 def run_setting(name: str, args: argparse.Namespace, table: dict, timing: dict) -> dict:
     """Train `name` for its quiet-minutes budget in steps (unless done), score it, record it."""
     preset, sets = parse_combo(name, table)
-    key = shape_key(preset, sets)
+    key = shape_key(preset, sets, args)
     if args.train_steps:
         steps = args.train_steps
     elif key in timing:
