@@ -58,7 +58,6 @@ VARIANTS: dict[str, list[str]] = {
     "warm50": ["optim.warmup_steps=50"],
     "b64": ["train.batch_size=64"],  # the presets train at 32 since the first screen
     "w48": ["model.base_channels=48"],
-    "minsnr": ["process.weighting=min_snr"],
     "ema995": ["optim.ema_decay=0.995"],
     "rb2": ["model.num_res_blocks=2"],
     "noattn": ["model.attention_levels=[]"],

@@ -44,6 +44,11 @@ INVALID_PROCESS = [
         "parameterization 'eps' needs an identity mean path",
     ),
     ({"parameterization": "score"}, "parameterization\n  Input should be 'v', 'x0' or 'eps'"),
+    (  # a weighting the v loss would silently ignore (docs/design.md (E20): x0 only)
+        {"weighting": "min_snr"},
+        "weighting 'min_snr' weights the x0 loss .* parameterization 'v' is unweighted",
+    ),
+    ({"parameterization": "eps", "weighting": "snr"}, "parameterization 'eps' is unweighted"),
     (
         {"transforms": [{"name": "downsample", "factor": 1}]},
         r"transforms\[0\] \(downsample\): factor: Input should be greater than or equal to 2",

@@ -113,6 +113,12 @@ class ProcessConfig(BaseModel):
                 "parameterization 'eps' needs an identity mean path (no transforms, or "
                 "interpolation=false); use 'v' or 'x0' for an interpolating f-DM chain"
             )
+        if self.parameterization != "x0" and self.weighting != "truncated":
+            raise ValueError(
+                f"weighting {self.weighting!r} weights the x0 loss (docs/design.md (E20)); "
+                f"parameterization {self.parameterization!r} is unweighted, so it would change "
+                "nothing: set parameterization=x0 with it, or leave weighting at 'truncated'"
+            )
         return self
 
 

@@ -235,7 +235,8 @@ def apply_flags(raw: dict[str, Any], given: Mapping[str, Any], overrides: Sequen
 def set_autoencoder(raw: dict[str, Any], folder: str) -> None:
     """Point every ``autoencoder`` transform of the process (chain and latent) at `folder`."""
     process = raw.setdefault("process", {})
-    specs = [s for s in [*process.get("transforms", []), process.get("latent")] if s]
+    chain = process.get("transforms")  # not yet validated: anything a user wrote
+    specs = [s for s in [*(chain if isinstance(chain, list) else []), process.get("latent")] if s]
     found = [s for s in specs if isinstance(s, dict) and s.get("name") == "autoencoder"]
     if not found:
         raise UserError(
