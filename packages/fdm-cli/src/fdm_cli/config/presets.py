@@ -20,6 +20,12 @@ fdm-ds-256     RGB 256x256, six stages 256 -> 128 -> ... -> 8 (K = 5), a GPU-siz
 ddpm-256       RGB 256x256, one stage, the same UNet (the baseline for fdm-ds-256)
 =============  ==========================================================================
 
+Budgets: the CPU presets keep one recipe for every ``--minutes`` (batch 32, the 1.19M-parameter
+UNet below): in the sweep in BENCHMARKS.md no other change was confirmed better for fdm-ds, so 7.5
+minutes (the default), 20 minutes and 2 hours differ only in ``--minutes``. The ddpm baseline
+does better with ``process.parameterization=x0`` and ``process.weighting=min_snr`` (the README's
+"Which recipe for which budget" has the FID each budget reached).
+
 ``fdm-vae`` and ``ldm`` read the autoencoder from ``runs/autoencoder`` (where
 ``fdm train-autoencoder`` writes it); ``fdm train --autoencoder DIR`` (or
 ``--set process.autoencoder=DIR``) names another. The run keeps a copy of it (docs/design.md
